@@ -1,0 +1,471 @@
+"""The ``hwnas`` command: thin wrappers over the library. Progress bars and tables live here only.
+
+    hwnas profile   measure every block of a space on a device into a latency table
+    hwnas search    search a space on data, latency-aware, and derive an architecture
+    hwnas export    child network -> ONNX, checked against torch, latency measured
+    hwnas train     train an architecture from scratch, report test accuracy
+    hwnas latency   show a table / predict an architecture's latency
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+log = logging.getLogger("hwnas")
+
+
+class Progress:
+    """tqdm progress bar on stderr (silent when stderr is not a terminal and HWNAS_PROGRESS=0)."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+                        disable=os.environ.get("HWNAS_PROGRESS") == "0")
+
+    def update(self, n=1):
+        self.bar.update(n)
+
+    def set_postfix(self, **kw):
+        self.bar.set_postfix(**kw, refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def _profile_progress(n_hint: str):
+    state = {}
+
+    def callback(i, n, signature):
+        if "bar" not in state:
+            state["bar"] = Progress(n, f"profile {n_hint}")
+        state["bar"].update(1)
+        state["bar"].set_postfix(block=signature)
+        if i == n:
+            state["bar"].close()
+
+    return callback
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("hwnas")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not logger.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(h)
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("hwnas").addHandler(h)
+
+
+def _config_overrides(args) -> dict:
+    out = {}
+    for key in ("resolution", "width_mult", "num_classes"):
+        v = getattr(args, key, None)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _parse_opts(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ValueError(f"--opt {p!r} must be KEY=VALUE")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+# -- profile -------------------------------------------------------------------------------------
+def cmd_profile(args) -> int:
+    from hwnas.device import resolve_device
+    from hwnas.latency.space_tables import default_table_path, default_threads, profile_space
+    from hwnas.spaces import get_space
+
+    device = resolve_device(args.device)
+    space, config = _space_and_config(args)
+    threads = args.threads or default_threads()
+    path = Path(args.table) if args.table else default_table_path(
+        space.name, device=device, backend=args.backend, resolution=config["resolution"], batch=args.batch,
+        dtype=args.dtype, threads=threads, root=args.out)
+    table = profile_space(space, config, path, device=device, backend=args.backend, batch=args.batch,
+                          dtype=args.dtype, threads=threads, warmup=args.warmup, iterations=args.iterations,
+                          progress=_profile_progress(space.name))
+    _print_range(table, space, config)
+    print(f"latency table: {path} ({len(table)} rows)")
+    return 0
+
+
+def _space_and_config(args):
+    from hwnas.export import resolve_arch
+    from hwnas.spaces import get_space
+
+    if getattr(args, "arch", None):
+        arch = resolve_arch(args.arch).arch
+        return arch.space_obj, arch.space_obj.resolve_config({**arch.config, **_config_overrides(args)})
+    space = get_space(args.space)
+    return space, space.resolve_config(_config_overrides(args))
+
+
+def _print_range(table, space, config) -> None:
+    from hwnas.latency.penalty import LatencyModel
+
+    model = LatencyModel(table, space, config)
+    (lo, lo_t), (hi, hi_t) = model.extremes()
+    print(f"space {space.name!r} at {config['resolution']}x{config['resolution']}: fastest {lo:.3f} ms, "
+          f"slowest {hi:.3f} ms (fixed parts {model.fixed_ms:.3f} ms)")
+
+
+# -- search --------------------------------------------------------------------------------------
+def cmd_search(args) -> int:
+    from hwnas.device import device_slug, resolve_device
+    from hwnas.latency.space_tables import default_threads, ensure_table, load_table_for
+    from hwnas.latency.table import device_mismatch_warning
+    from hwnas.search import Search, SearchConfig, load_search_config, new_run_dir
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").exists():
+            raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
+        cfg = load_search_config(run_dir)
+        resolve_device(cfg.device)
+    else:
+        train_device = resolve_device(args.device)
+        cfg = SearchConfig(method=args.method, space=args.space, data=args.data, data_root=args.data_root,
+                           seed=args.seed, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                           batch_size=args.batch_size, lr=args.lr, arch_every=args.arch_every,
+                           device=str(train_device), latency_target=args.latency_target,
+                           config=_config_overrides(args), options=_method_options(args))
+        cfg.validate()
+        run_dir = new_run_dir(args.runs, cfg.method, cfg.space)
+    lat_device = resolve_device(args.latency_device)
+    threads = args.threads or default_threads()
+
+    def table_for(space, deploy_config):
+        if args.no_latency:
+            return None
+        explicit = cfg.table if args.resume else args.latency_table
+        if explicit:
+            table = load_table_for(space, deploy_config, explicit, batch=args.batch, dtype=args.dtype)
+            warn = device_mismatch_warning(table, device_slug(lat_device, threads if lat_device.type == "cpu" else None))
+            if warn:
+                log.warning(warn)
+        else:
+            table, path = ensure_table(space, deploy_config, device=lat_device, backend=args.backend, batch=args.batch,
+                                       dtype=args.dtype, threads=threads, root=args.tables,
+                                       progress=_profile_progress(space.name), profile_missing=not args.no_profile)
+            explicit = str(path)
+        cfg.table = str(explicit)
+        cfg.table_device = (table.meta.get("device") or {}).get("slug")
+        return table
+
+    _log_to_file(run_dir / "log.txt")
+    log.info("run directory: %s", run_dir)
+    search = Search(cfg, run_dir, table=table_for, progress=Progress)
+    summary = search.run()
+    _print_summary(search, summary)
+    return 0
+
+
+def _method_options(args) -> dict:
+    opts = _parse_opts(args.opt)
+    if args.loss:
+        opts["loss"] = args.loss
+    if args.arch_lr is not None:
+        opts["arch_lr"] = args.arch_lr
+    return opts
+
+
+def _print_summary(search, s: dict) -> None:
+    print(f"derived architecture: {search.cfg.space}[{' '.join(s['arch'])}]")
+    if s["predicted_latency_ms"] is not None:
+        lo, hi = s["range_ms"]
+        tgt = f"target {s['target_ms']:.3f} ms" if s["target_ms"] is not None else "no target"
+        if s["target_ms"] is not None and not s["target_binds"]:
+            tgt += " (does not bind)"
+        print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; space range {lo:.3f}-{hi:.3f} ms; "
+              f"table {search.cfg.table})")
+    print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f}")
+    print(f"run directory: {s['run_dir']} (arch.json, child.pt, metrics.csv, log.txt); "
+          f"next: hwnas export --onnx, hwnas train --arch {s['run_dir']}")
+
+
+# -- export --------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from hwnas.export import export, resolve_arch
+    from hwnas.search import latest_run
+
+    if args.list_presets:
+        return _list_presets()
+    spec = args.arch
+    if spec is None:
+        latest = latest_run(args.runs)
+        if latest is None:
+            raise ValueError(f"no finished search under {args.runs}/ to export; pass --arch RUN_DIR|arch.json|PRESET")
+        spec = str(latest)
+        print(f"exporting the latest run: {latest}")
+    src = resolve_arch(spec)
+    if args.onnx in (None, ""):
+        onnx_path = (src.run_dir / "model.onnx") if src.run_dir else Path(f"{Path(spec).stem}.onnx")
+    else:
+        onnx_path = Path(args.onnx)
+    table = _table_for_arch(src.arch, args)
+    rep = export(src, onnx_path, batch=args.batch, threads=args.threads or _table_threads(table), measure=not args.no_measure,
+                 table=table, iterations=args.iterations)
+    print(f"exported {src.arch} -> {rep.onnx_path}")
+    print(f"checked: onnx.checker ok; ONNX Runtime vs torch max abs diff {rep.max_abs_diff:.2e} "
+          f"({rep.rel_diff:.2e} relative) on {rep.input_shape}; {rep.params:,} parameters; "
+          f"weights: {rep.weights or 'random init'}")
+    if rep.measured_ms:
+        m = rep.measured_ms
+        line = f"measured latency (ONNX Runtime CPU): p50 {m['p50']:.3f} ms [p10 {m['p10']:.3f}, p90 {m['p90']:.3f}]"
+        if rep.predicted_ms is not None:
+            err = (rep.predicted_ms - m["p50"]) / m["p50"] * 100
+            line += f"; predicted {rep.predicted_ms:.3f} ms ({err:+.1f}%)"
+        print(line)
+    return 0
+
+
+def _table_threads(table) -> int:
+    from hwnas.latency.space_tables import default_threads
+
+    return int(table.meta.get("threads", default_threads())) if table is not None else default_threads()
+
+
+def _table_for_arch(arch, args):
+    """The table that predicts ``arch``: --latency-table, else this machine's default if it exists
+    and covers the arch (a preset with a wider skeleton may not be covered: no prediction then)."""
+    import torch
+
+    from hwnas.latency.space_tables import default_table_path, load_table_for
+    from hwnas.latency.table import LatencyTableError
+
+    path = args.latency_table or default_table_path(arch.space, device=torch.device("cpu"), backend="onnxruntime",
+                                                    resolution=arch.config["resolution"], batch=args.batch,
+                                                    root=args.tables, threads=args.threads)
+    if not Path(path).exists() and not Path(str(path)).with_suffix(".csv").exists():
+        if args.latency_table:
+            raise ValueError(f"--latency-table {path} does not exist")
+        print(f"no latency table for this machine at {path}: no prediction (run `hwnas profile --space {arch.space}`)")
+        return None
+    try:
+        return load_table_for(arch.space_obj, arch.config, path, batch=args.batch)
+    except LatencyTableError as e:
+        if args.latency_table:
+            raise
+        print(f"no prediction: {e}")
+        return None
+
+
+def _list_presets() -> int:
+    from hwnas.spaces import Arch
+    from hwnas.spaces.builder import build_child, count_params
+    from hwnas.spaces.presets import PRESETS, PUBLISHED
+
+    print(f"{'preset':<18} {'space':<10} {'params':>11} {'published':>11}  layers")
+    for name, d in PRESETS.items():
+        arch = Arch.from_dict(d, name)
+        pub = PUBLISHED.get(name, {}).get("params")
+        print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} "
+              f"{(f'{pub:,}' if isinstance(pub, int) else str(pub or '-')):>11}  {' '.join(arch.layers)}")
+    return 0
+
+
+# -- train ---------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from hwnas.device import resolve_device
+    from hwnas.export import resolve_arch
+    from hwnas.train import train_child
+
+    device = resolve_device(args.device)
+    src = resolve_arch(args.arch)
+    out = Path(args.out) if args.out else (src.run_dir or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-train")
+    _log_to_file(out / "train_log.txt")
+    r = train_child(src.arch, out, data=args.data, data_root=args.data_root, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device, progress=Progress)
+    print(f"trained {src.arch} for {r['epochs']} epochs on {r['data']}: test accuracy {r['test_acc']:.4f} "
+          f"(val {r['val_acc']:.4f}), {r['params']:,} parameters; weights {out / 'trained.pt'}")
+    return 0
+
+
+# -- latency -------------------------------------------------------------------------------------
+def cmd_latency(args) -> int:
+    from hwnas.latency.penalty import LatencyModel
+    from hwnas.latency.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    meta = table.meta
+    if args.latency_cmd == "show":
+        from hwnas.spaces import get_space
+
+        space = get_space(args.space or meta.get("space"))
+        config = space.resolve_config({"resolution": meta.get("resolution", 224), **_config_overrides(args)})
+        dev = meta.get("device") or {}
+        print(f"table {args.table}: {len(table)} rows; space {space.name}, {meta.get('resolution')}x{meta.get('resolution')}, "
+              f"batch {meta.get('batch')}, {meta.get('dtype')}; {meta.get('backend')} ({meta.get('provider')}) on "
+              f"{dev.get('name', dev.get('slug', '?'))}, {meta.get('threads')} threads; statistic {meta.get('statistic')}")
+        model = LatencyModel(table, space, config)
+        (lo, lo_t), (hi, hi_t) = model.extremes()
+        print(f"fastest architecture {lo:.3f} ms: {' '.join(lo_t)}")
+        print(f"slowest architecture {hi:.3f} ms: {' '.join(hi_t)}")
+        print(f"fixed parts (stem, first block, head, classifier): {model.fixed_ms:.3f} ms")
+        print(f"{'layer':>5} {'stage':>5} {'min ms':>8} {'max ms':>8}  fastest / slowest candidate")
+        plan = space.plan(config)
+        for i, part in enumerate(plan.layers):
+            lat = model.layer(i)
+            print(f"{i:>5} {part.stage:>5} {float(lat.min()):>8.3f} {float(lat.max()):>8.3f}  "
+                  f"{part.choices[int(lat.argmin())]} / {part.choices[int(lat.argmax())]}")
+        return 0
+    from hwnas.export import resolve_arch
+
+    arch = resolve_arch(args.arch).arch
+    model = LatencyModel(table, arch.space_obj, arch.config)
+    if args.breakdown:
+        for part, sig, ms in model.breakdown(arch.layers):
+            print(f"{part:<22} {ms:>8.3f} ms  {sig}")
+    print(f"{model.of_tokens(arch.layers):.3f} ms")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+def _add_space_opts(p, space_default="proxyless"):
+    from hwnas.spaces import SPACES
+
+    p.add_argument("--space", default=space_default, choices=sorted(SPACES), help="search space (default %(default)s)")
+    p.add_argument("--resolution", type=int, default=None, help="deploy input resolution (default 224)")
+    p.add_argument("--width-mult", dest="width_mult", type=float, default=None, help="width multiplier (default 1.0)")
+
+
+def _add_table_opts(p):
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+                   help="runtime the latency is for (default %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="deploy batch size (default %(default)s)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="deploy dtype (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: torch's, usually the cores)")
+    p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
+                   help="root of the cached latency tables (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hwnas.strategies import STRATEGIES
+
+    parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("profile", help="measure every block of a space into a latency table")
+    p.add_argument("--device", default="cpu", help="device to profile: cpu or cuda[:N] (default %(default)s)")
+    _add_space_opts(p)
+    _add_table_opts(p)
+    p.add_argument("--num-classes", dest="num_classes", type=int, default=None, help="classifier outputs (default 1000)")
+    p.add_argument("--arch", default=None, help="profile the skeleton of this arch/preset instead of the space default")
+    p.add_argument("--out", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
+                   help="root directory of latency tables (default %(default)s)")
+    p.add_argument("--table", default=None, help="exact output path (overrides --out's layout)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=50)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("search", help="latency-aware architecture search")
+    p.add_argument("--method", default="proxyless", choices=sorted(STRATEGIES))
+    _add_space_opts(p)
+    p.add_argument("--latency-target", default=None,
+                   help="e.g. 20ms, 800us, or 40%% (that far from the fastest to the slowest architecture)")
+    p.add_argument("--latency-table", default=None, help="latency table to use (default: this machine's, profiled if absent)")
+    p.add_argument("--latency-device", default="cpu", help="device the latency target is for (default %(default)s)")
+    _add_table_opts(p)
+    p.add_argument("--no-profile", action="store_true", help="fail instead of profiling a missing table")
+    p.add_argument("--no-latency", action="store_true", help="search for accuracy alone, no table")
+    p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or an image folder")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--warmup-epochs", type=int, default=4, help="weight-only epochs before architecture steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--arch-every", type=int, default=1, help="an architecture step every N weight steps")
+    p.add_argument("--arch-lr", type=float, default=None)
+    p.add_argument("--loss", default=None, choices=["mul#log", "add#linear"], help="latency loss form")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--device", default="auto", help="where to train: auto (CUDA if present), cpu, cuda[:N]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default="runs", help="where run directories go (default %(default)s)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed search")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export an architecture as ONNX, checked and measured")
+    p.add_argument("--arch", default=None, help="run directory, arch.json or preset (default: the latest run)")
+    p.add_argument("--onnx", nargs="?", const="", default="", metavar="PATH",
+                   help="output file (default: model.onnx in the run directory)")
+    p.add_argument("--list-presets", action="store_true")
+    p.add_argument("--latency-table", default=None)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--no-measure", action="store_true")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"))
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train", help="train an architecture from scratch and report test accuracy")
+    p.add_argument("--arch", required=True, help="run directory, arch.json or preset")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--runs", default="runs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("latency", help="inspect latency tables")
+    lsub = p.add_subparsers(dest="latency_cmd", required=True)
+    q = lsub.add_parser("show", help="summarize a table: the space's latency range, per-layer spread")
+    q.add_argument("--table", required=True)
+    q.add_argument("--space", default=None, help="default: the table's")
+    q.add_argument("--num-classes", dest="num_classes", type=int, default=None)
+    q.set_defaults(func=cmd_latency)
+    q = lsub.add_parser("predict", help="predicted latency of an architecture")
+    q.add_argument("--table", required=True)
+    q.add_argument("--arch", required=True)
+    q.add_argument("--breakdown", action="store_true")
+    q.set_defaults(func=cmd_latency)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("hwnas: interrupted; a search resumes with `hwnas search --resume RUN_DIR`, a profile by rerunning it",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if args.verbose:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"hwnas: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

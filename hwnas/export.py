@@ -1,0 +1,136 @@
+"""Arch -> child nn.Module -> ONNX -> checks -> measured latency beside the table's prediction.
+
+The exported ONNX model needs nothing from hwnas: it is the plain child network (hwnas.spaces.builder)
+exported by torch's ONNX exporter, checked by ``onnx.checker`` and compared with torch through ONNX
+Runtime on random inputs (fails above 1e-4 relative difference).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwnas.latency.timing import export_onnx_bytes, ort_session, random_inputs, time_callable
+from hwnas.spaces import Arch, ArchError
+from hwnas.spaces.builder import build_child, count_params
+from hwnas.spaces.presets import PRESETS
+
+log = logging.getLogger("hwnas.export")
+
+RTOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported model failed a check; the message says which and by how much."""
+
+
+@dataclass
+class ArchSource:
+    """An Arch and where it came from (a run directory's weights travel with it)."""
+
+    arch: Arch
+    origin: str
+    run_dir: Path | None = None
+    weights: Path | None = None
+
+
+def resolve_arch(spec: str) -> ArchSource:
+    """A run directory, an arch.json file, or a preset name -> ArchSource."""
+    path = Path(spec)
+    if path.is_dir():
+        arch_file = path / "arch.json"
+        if not arch_file.exists():
+            raise ArchError(f"run directory {path} has no arch.json (is the search finished? resume it with "
+                            f"`hwnas search --resume {path}`)")
+        weights = next((path / w for w in ("trained.pt", "child.pt") if (path / w).exists()), None)
+        return ArchSource(Arch.load(arch_file), str(path), path, weights)
+    if path.suffix == ".json" or path.exists():
+        return ArchSource(Arch.load(path), str(path))
+    if spec in PRESETS:
+        return ArchSource(Arch.from_dict(PRESETS[spec], f"preset {spec}"), f"preset {spec}")
+    raise ArchError(f"--arch {spec!r} is not a run directory, an arch.json file or a preset "
+                    f"(presets: {', '.join(PRESETS)})")
+
+
+@dataclass
+class ExportReport:
+    onnx_path: str
+    params: int
+    input_shape: tuple[int, ...]
+    max_abs_diff: float
+    rel_diff: float
+    weights: str | None
+    measured_ms: dict | None = None
+    predicted_ms: float | None = None
+    table: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def build_for_export(src: ArchSource) -> torch.nn.Module:
+    model = build_child(src.arch)
+    if src.weights is not None:
+        state = torch.load(src.weights, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ExportError(f"weights {src.weights} do not fit {src.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, threads: int = 1,
+           measure: bool = True, table=None, warmup: int = 10, iterations: int = 50) -> ExportReport:
+    """Export ``src`` to ``onnx_path`` at its deploy shape, check it, and measure it with ORT (CPU)."""
+    import onnx
+
+    model = build_for_export(src)
+    res = src.arch.config["resolution"]
+    shape = (batch, 3, res, res)
+    inputs = random_inputs(shape, 3, seed=1)
+    data = export_onnx_bytes(model, inputs[0])
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
+    tmp.write_bytes(data)
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except Exception as e:  # noqa: BLE001 - report the checker's complaint on one line
+        tmp.unlink()
+        raise ExportError(f"onnx.checker rejected the exported model: {str(e).splitlines()[0]}") from None
+    session = ort_session(data, device="cpu", threads=threads)
+    name = session.get_inputs()[0].name
+    max_abs, ref_scale = 0.0, 0.0
+    with torch.no_grad():
+        for x in inputs:
+            want = model(x).numpy()
+            got = session.run(None, {name: x.numpy()})[0]
+            max_abs = max(max_abs, float(np.abs(got - want).max()))
+            ref_scale = max(ref_scale, float(np.abs(want).max()))
+    rel = max_abs / max(ref_scale, 1e-12)
+    if rel > RTOL:
+        tmp.unlink()
+        raise ExportError(f"ONNX Runtime and torch disagree: max abs diff {max_abs:.3g} "
+                          f"({rel:.3g} relative > {RTOL:g})")
+    os.replace(tmp, onnx_path)
+    report = ExportReport(str(onnx_path), count_params(model), shape, max_abs, rel,
+                          str(src.weights) if src.weights else None)
+    if measure:
+        arrays = [x.numpy() for x in inputs]
+        report.measured_ms = time_callable(lambda a: session.run(None, {name: a}), arrays, warmup=warmup,
+                                           iterations=iterations)
+    if table is not None:
+        from hwnas.latency.penalty import LatencyModel
+
+        report.predicted_ms = LatencyModel(table, src.arch.space_obj, src.arch.config).of_tokens(src.arch.layers)
+        report.table = str(table.path) if getattr(table, "path", None) else None
+    if src.run_dir is not None:
+        from hwnas.spaces import atomic_write_text
+
+        atomic_write_text(src.run_dir / "export.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return report

@@ -1,0 +1,98 @@
+"""The latency table of a search space: which blocks it needs, where it lives, and profiling what is
+missing. Used by ``hwnas profile`` and by ``hwnas search`` on a machine with no table yet."""
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from hwnas.device import device_slug
+from hwnas.latency.profiler import BlockSpec, profile_blocks
+from hwnas.latency.table import LatencyTable, LatencyTableError, check_compatible, table_path
+from hwnas.spaces.chain import ChainSpace, Part
+
+log = logging.getLogger("hwnas.latency")
+
+DEFAULT_ROOT = os.environ.get("HWNAS_TABLES", "latency_tables")
+
+
+def default_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def space_blocks(space: ChainSpace, config: dict, batch: int = 1) -> list[BlockSpec]:
+    """One BlockSpec per distinct (part, candidate) of the space at the config's deploy resolution:
+    the fixed parts (stem, first block, head, classifier) and every candidate of every layer.
+    Identities (``skip`` where the shape is kept) cost nothing and are not listed."""
+    cfg = space.resolve_config(config)
+    plan = space.plan(cfg)
+    items: list[tuple[Part, str | None]] = [(p, None) for p in plan.fixed]
+    items += [(p, t) for p in plan.layers for t in p.choices]
+    blocks, seen = [], set()
+    for part, token in items:
+        sig = space.signature(part, token, cfg)
+        if sig is None or sig in seen:
+            continue
+        seen.add(sig)
+        shape = (batch, part.cin) if part.kind == "classifier" else (batch, part.cin, part.in_res, part.in_res)
+        blocks.append(BlockSpec(sig, partial(space.make_module, part, token, cfg), shape))
+    return blocks
+
+
+def needed_signatures(space: ChainSpace, config: dict) -> list[str]:
+    return [b.signature for b in space_blocks(space, config)]
+
+
+def default_table_path(space: str, *, device: torch.device, backend: str, resolution: int = 224, batch: int = 1,
+                       dtype: str = "fp32", threads: int | None = None, root: str | os.PathLike = DEFAULT_ROOT) -> Path:
+    threads = threads or default_threads()
+    slug = device_slug(device, threads if device.type == "cpu" else None)
+    return Path(table_path(root, slug, backend, space, resolution, batch, dtype))
+
+
+def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, device: torch.device, backend: str,
+                  batch: int = 1, dtype: str = "fp32", threads: int | None = None, warmup: int = 10,
+                  iterations: int = 50, progress=None) -> LatencyTable:
+    """Profile every block of ``space`` (at ``config``'s deploy shape) missing from the table at ``path``."""
+    cfg = space.resolve_config(config)
+    meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch}
+    return profile_blocks(space_blocks(space, cfg, batch), path, backend=backend, device=device,
+                          threads=threads or default_threads(), warmup=warmup, iterations=iterations, dtype=dtype,
+                          meta=meta, progress=progress)
+
+
+def load_table_for(space: ChainSpace, config: dict, path: str | os.PathLike, *, batch: int = 1,
+                   dtype: str = "fp32") -> LatencyTable:
+    """Load a table and refuse it if it does not match the search (space, resolution, batch, dtype)
+    or lacks rows the space needs; each refusal a one-line LatencyTableError."""
+    cfg = space.resolve_config(config)
+    table = LatencyTable.load(path)
+    check_compatible(table, space=space.name, resolution=cfg["resolution"], batch=batch, dtype=dtype)
+    table.require(needed_signatures(space, cfg))
+    return table
+
+
+def ensure_table(space: ChainSpace, config: dict, *, device: torch.device, backend: str, batch: int = 1,
+                 dtype: str = "fp32", threads: int | None = None, root: str | os.PathLike = DEFAULT_ROOT,
+                 progress=None, profile_missing: bool = True, warmup: int = 10,
+                 iterations: int = 50) -> tuple[LatencyTable, Path]:
+    """The table of this machine for ``space``, profiling the missing blocks first when allowed."""
+    cfg = space.resolve_config(config)
+    path = default_table_path(space.name, device=device, backend=backend, resolution=cfg["resolution"], batch=batch,
+                              dtype=dtype, threads=threads, root=root)
+    if path.exists():
+        table = LatencyTable.load(path)
+        missing = table.missing(needed_signatures(space, cfg))
+        if not missing:
+            return table, path
+        if not profile_missing:
+            table.require(missing)
+        log.info("latency table %s lacks %d block(s) of this config: profiling them", path, len(missing))
+    elif not profile_missing:
+        raise LatencyTableError(f"no latency table at {path}; run `hwnas profile --space {space.name}` first")
+    table = profile_space(space, cfg, path, device=device, backend=backend, batch=batch, dtype=dtype,
+                          threads=threads, warmup=warmup, iterations=iterations, progress=progress)
+    return table, path

@@ -1,0 +1,357 @@
+"""Timing done right: warm-up, rotating random inputs, per-call clocks, sync inside the timed region.
+
+``time_callable`` is the one timing loop; ``measure_module`` runs it for an ``nn.Module`` on a backend:
+
+- ``"torch"``: eager, ``eval()`` + ``torch.inference_mode()``, ``torch.set_num_threads(threads)`` on CPU
+  (restored afterwards), ``torch.cuda.synchronize()`` inside the timed region on CUDA.
+- ``"onnxruntime"``: the module is exported to ONNX in memory (``export_onnx_bytes``: the dynamo exporter,
+  falling back to the TorchScript one only if it raises) and run by an ``InferenceSession``
+  (``ort_session``: ORT_ENABLE_ALL, ``threads`` intra-op threads, one inter-op thread, sequential,
+  no spinning). On CUDA the inputs are bound on the device with IO binding, so host copies are not timed.
+
+Every result is ``summarize(samples_ms)``: count, mean, std, p10, p50, p90 in milliseconds.
+Inputs are random normal tensors (``random_inputs``), never zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import inspect
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "summarize",
+    "time_callable",
+    "random_inputs",
+    "torch_dtype",
+    "export_onnx_bytes",
+    "ort_session",
+    "ort_provider",
+    "measure_module",
+]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "torch")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+# Loggers of the exporter stack that narrate every pass at INFO/DEBUG.
+_CHATTY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir")
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+
+def summarize(samples_ms: Sequence[float]) -> dict:
+    """``{"count", "mean", "std", "p10", "p50", "p90"}`` of samples in ms.
+
+    Percentiles interpolate linearly between order statistics (numpy's default); ``std`` is the sample
+    standard deviation (ddof=1), 0.0 for a single sample.
+    """
+    x = np.asarray(samples_ms, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"summarize needs a non-empty 1-d sequence of samples, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("summarize: samples contain NaN or inf")
+    p10, p50, p90 = np.percentile(x, [10, 50, 90])
+    return {
+        "count": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "p10": float(p10),
+        "p50": float(p50),
+        "p90": float(p90),
+    }
+
+
+def time_callable(
+    fn: Callable[[Any], Any],
+    inputs: list,
+    *,
+    warmup: int,
+    iterations: int,
+    sync: Callable[[], Any] | None = None,
+) -> dict:
+    """Time ``fn(inputs[i % len(inputs)])`` and return ``summarize`` of the per-call times in ms.
+
+    ``warmup`` untimed calls run first, then ``iterations`` timed calls; both loops start at input 0 and
+    rotate through ``inputs`` (so with ``iterations`` a multiple of ``len(inputs)`` every input is timed
+    equally often). Each timed call is bracketed by ``perf_counter_ns``; ``sync()`` (for example
+    ``torch.cuda.synchronize``) runs inside the bracket, and once after the warm-up. The garbage
+    collector is paused while timing.
+    """
+    if not inputs:
+        raise ValueError("time_callable needs at least one input")
+    if warmup < 0 or iterations < 1:
+        raise ValueError(f"time_callable needs warmup >= 0 and iterations >= 1, got {warmup} and {iterations}")
+    n = len(inputs)
+    for i in range(warmup):
+        fn(inputs[i % n])
+    if sync is not None:
+        sync()
+    samples = np.empty(iterations, dtype=np.float64)
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(iterations):
+            x = inputs[i % n]
+            t0 = clock()
+            fn(x)
+            if sync is not None:
+                sync()
+            samples[i] = clock() - t0
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return summarize(samples / 1e6)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"fp32"|"fp16"|"bf16"`` (or a torch dtype, or an alias like ``"float16"``) -> ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
+        return dtype
+    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def random_inputs(
+    shape: Sequence[int],
+    n: int,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """``n`` independent standard-normal tensors of ``shape`` (drawn in fp32 on the CPU, then cast and moved)."""
+    if n < 1:
+        raise ValueError(f"random_inputs needs n >= 1, got {n}")
+    generator = torch.Generator().manual_seed(int(seed))
+    out = []
+    for _ in range(n):
+        x = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+        out.append(x.to(device=device, dtype=torch_dtype(dtype)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- ONNX
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Swallow the exporter's stdout narration, warnings and INFO logs (kept at DEBUG); exceptions pass."""
+    stdout = io.StringIO()
+    caught: list = []
+    saved_levels = {}
+    for name in _CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved_levels[name] = logger.level
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        if log.isEnabledFor(logging.DEBUG):
+            text = stdout.getvalue().strip()
+            if text:
+                log.debug("onnx exporter output:\n%s", text)
+            for w in caught:
+                log.debug("onnx exporter warning: %s: %s", w.category.__name__, w.message)
+
+
+def _export_has_dynamo_flag() -> bool:
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def export_onnx_bytes(module: torch.nn.Module, example_input: torch.Tensor, *, opset: int | None = None) -> bytes:
+    """Export ``module`` (put in eval mode) on ``example_input`` to a serialized ONNX ModelProto.
+
+    Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, the default since torch 2.9); if it
+    raises (or on a torch without it), logs a warning and retries with the TorchScript exporter. If both
+    fail, raises a RuntimeError naming both errors.
+    """
+    module.eval()
+    args = (example_input,)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            kwargs = {"dynamo": True, "verbose": False}
+            if opset is not None:
+                kwargs["opset_version"] = opset
+            program = torch.onnx.export(module, args, **kwargs)
+        return program.model_proto.SerializeToString()
+    except Exception as dynamo_error:  # noqa: BLE001 - any exporter failure triggers the fallback
+        log.warning(
+            "dynamo ONNX exporter failed for %s (%s); falling back to the TorchScript exporter",
+            type(module).__name__, _first_line(dynamo_error),
+        )
+        buffer = io.BytesIO()
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                legacy = {"dynamo": False} if _export_has_dynamo_flag() else {}
+                torch.onnx.export(
+                    module, args, buffer, verbose=False, **legacy,
+                    opset_version=opset or 17, input_names=["input"], output_names=["output"],
+                    do_constant_folding=True,
+                )
+        except Exception as fallback_error:
+            raise RuntimeError(
+                f"ONNX export of {type(module).__name__} failed with both exporters: "
+                f"dynamo: {_first_line(dynamo_error)}; TorchScript: {_first_line(fallback_error)}"
+            ) from fallback_error
+        return buffer.getvalue()
+
+
+def ort_provider(device: str | torch.device) -> str:
+    """The ONNX Runtime execution provider used for ``device``."""
+    return "CUDAExecutionProvider" if torch.device(device).type == "cuda" else "CPUExecutionProvider"
+
+
+def ort_session(onnx_bytes_or_path: bytes | str | Path, *, device: str | torch.device = "cpu", threads: int = 1):
+    """An ``onnxruntime.InferenceSession`` set up for latency measurement.
+
+    ORT_ENABLE_ALL, ``intra_op_num_threads=threads``, one inter-op thread, sequential execution, and
+    spinning off (``session.intra_op.allow_spinning = "0"``: spinning workers otherwise keep burning CPU
+    after a run and slow whatever runs next). On a CUDA device the CUDAExecutionProvider must really be
+    used: ORT silently falls back to the CPU when its CUDA libraries fail to load, and that is an error here.
+    """
+    import onnxruntime as ort
+
+    device = torch.device(device)
+    if threads < 1:
+        raise ValueError(f"ort_session needs threads >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only; ORT warns about every Cast/fallback otherwise
+
+    provider = ort_provider(device)
+    if provider == "CUDAExecutionProvider":
+        if provider not in ort.get_available_providers():
+            raise RuntimeError(
+                f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu); "
+                f"available: {', '.join(ort.get_available_providers())}"
+            )
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        providers: list = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+
+    model = onnx_bytes_or_path if isinstance(onnx_bytes_or_path, bytes) else str(onnx_bytes_or_path)
+    session = ort.InferenceSession(model, options, providers=providers)
+    if session.get_providers()[0] != provider:
+        raise RuntimeError(
+            f"onnxruntime could not start {provider} (it fell back to {session.get_providers()[0]}); "
+            "check the CUDA/cuDNN libraries onnxruntime-gpu needs"
+        )
+    return session
+
+
+_ORT_ELEMENT_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+def _ort_timing_fn(session, inputs: list[torch.Tensor], device: torch.device):
+    """(fn, prepared inputs, sync) that run ``session`` on each input without timing host copies on CUDA."""
+    (input_meta,) = session.get_inputs()
+    if device.type != "cuda":
+        arrays = [x.detach().cpu().numpy() for x in inputs]
+        output_names = [o.name for o in session.get_outputs()]
+        return (lambda a: session.run(output_names, {input_meta.name: a})), arrays, None
+
+    bindings = []
+    for x in inputs:
+        x = x.contiguous()
+        binding = session.io_binding()
+        binding.bind_input(
+            input_meta.name, "cuda", device.index, _ORT_ELEMENT_TYPES[x.dtype], tuple(x.shape), x.data_ptr()
+        )
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cuda", device.index)
+        bindings.append((binding, x))  # keep x alive: ORT holds a raw pointer to it
+    return (lambda b: session.run_with_iobinding(b[0])), bindings, torch.cuda.synchronize
+
+
+def measure_module(
+    module: torch.nn.Module,
+    input_shape: Sequence[int],
+    *,
+    backend: str,
+    device: str | torch.device = "cpu",
+    threads: int,
+    warmup: int = 10,
+    iterations: int = 50,
+    dtype: str | torch.dtype = "fp32",
+    n_inputs: int = 4,
+    seed: int = 0,
+) -> dict:
+    """Latency of ``module`` on one input of ``input_shape`` (batch included) as ``summarize`` stats in ms.
+
+    The caller's module is not modified (a copy is cast and moved). ``backend`` is ``"torch"`` (eager)
+    or ``"onnxruntime"`` (fp32/fp16 only). ``threads`` is the CPU thread count (torch intra-op threads,
+    ORT intra-op threads).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown latency backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    tdtype = torch_dtype(dtype)
+    if backend == "onnxruntime" and tdtype not in _ORT_ELEMENT_TYPES:
+        raise ValueError(f"backend onnxruntime supports fp32 and fp16, not {dtype}; use --backend torch for bf16")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+
+    module = copy.deepcopy(module).eval().to(device=device, dtype=tdtype)
+    inputs = random_inputs(input_shape, n_inputs, dtype=tdtype, device=device, seed=seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # inputs and weights are in place before anything runs
+
+    if backend == "onnxruntime":
+        onnx_bytes = export_onnx_bytes(module, inputs[0])
+        del module
+        session = ort_session(onnx_bytes, device=device, threads=threads)
+        fn, prepared, sync = _ort_timing_fn(session, inputs, device)
+        return time_callable(fn, prepared, warmup=warmup, iterations=iterations, sync=sync)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    saved_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(int(threads))
+    try:
+        with torch.inference_mode():
+            return time_callable(module, inputs, warmup=warmup, iterations=iterations, sync=sync)
+    finally:
+        torch.set_num_threads(saved_threads)

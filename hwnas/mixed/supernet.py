@@ -1,0 +1,50 @@
+"""A supernet of a chain space: the child network's fixed parts around one mixed op per searchable
+layer, each mixed op holding every candidate of that layer built by the same code as the child."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hwnas.mixed.base import MixedOp
+from hwnas.spaces.chain import ChainSpace, Plan
+
+
+class ChainSupernet(nn.Module):
+    def __init__(self, space: ChainSpace, config: dict, mixed_op: type[MixedOp], resolution: int | None = None,
+                 num_classes: int | None = None):
+        super().__init__()
+        cfg = space.resolve_config({**config, **({"num_classes": num_classes} if num_classes else {})})
+        self.space, self.config = space, cfg
+        self.plan: Plan = space.plan(cfg, resolution)
+        make = lambda part, token=None: space.make_module(part, token, cfg)  # noqa: E731
+        self.stem = make(self.plan.stem)
+        self.first = make(self.plan.first) if self.plan.first else nn.Identity()
+        self.mixed = nn.ModuleList(
+            mixed_op(p.choices, [make(p, t) for t in p.choices]) for p in self.plan.layers)
+        self.head = make(self.plan.head)
+        self.classifier = make(self.plan.classifier)
+
+    @property
+    def choices(self) -> list[tuple[str, ...]]:
+        return [m.tokens for m in self.mixed]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(self.stem(x))
+        for op in self.mixed:
+            x = op(x)
+        return self.classifier(self.head(x))
+
+    def weight_parameters(self):
+        return self.parameters()
+
+    def child_state_dict(self, tokens: list[str]) -> dict[str, torch.Tensor]:
+        """The weights of the child ``tokens`` as a state dict for ``hwnas.spaces.builder.build_child``."""
+        out = {}
+        for name, t in self.state_dict().items():
+            if name.startswith("mixed."):
+                _, layer, _, cand, rest = name.split(".", 4)
+                if self.mixed[int(layer)].tokens[int(cand)] == tokens[int(layer)]:
+                    out[f"layers.{layer}.{rest}"] = t
+            else:
+                out[name] = t
+        return out

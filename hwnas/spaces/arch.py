@@ -1,0 +1,115 @@
+"""The Arch: the one thing that passes from search to export.
+
+JSON: ``{"space": "proxyless", "config": {...skeleton, see hwnas.spaces.chain...},
+"layers": ["k3e6", "skip", ...], ...provenance}``. Loading validates every token against the space
+and fails with a message naming the layer, the bad token and the allowed ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hwnas.spaces.chain import ArchError, ChainSpace, Plan
+from hwnas.spaces.definitions import SPACES
+from hwnas.spaces.tokens import parse_token
+
+
+def get_space(name: str) -> ChainSpace:
+    try:
+        return SPACES[name]
+    except (KeyError, TypeError):
+        raise ArchError(f"unknown space {name!r}; available: {', '.join(SPACES)}") from None
+
+
+@dataclass
+class Arch:
+    space: str
+    config: dict
+    layers: list[str]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def space_obj(self) -> ChainSpace:
+        return get_space(self.space)
+
+    def validate(self) -> None:
+        space = get_space(self.space)
+        self.config = space.resolve_config(self.config)
+        plan = space.plan(self.config)
+        if not isinstance(self.layers, list):
+            raise ArchError(f"arch layers must be a list of tokens, got {type(self.layers).__name__}")
+        if len(self.layers) != len(plan.layers):
+            raise ArchError(f"arch has {len(self.layers)} layers but its {self.space!r} config has "
+                            f"{len(plan.layers)} (stage depths {[s['n'] for s in self.config['stages']]})")
+        for i, (token, part) in enumerate(zip(self.layers, plan.layers)):
+            if token not in part.choices:
+                try:
+                    parse_token(token)
+                    why = "not a candidate here"
+                except ValueError as e:
+                    why = str(e)
+                raise ArchError(f"layer {i} (stage {part.stage}, position {part.position}): token {token!r} "
+                                f"is {why}; allowed: {', '.join(part.choices)}")
+
+    def plan(self, resolution: int | None = None) -> Plan:
+        return self.space_obj.plan(self.config, resolution)
+
+    def with_config(self, **changes) -> "Arch":
+        return Arch(self.space, {**self.config, **changes}, list(self.layers), dict(self.meta))
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"space": self.space, "config": self.config, "layers": list(self.layers), **self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "arch") -> "Arch":
+        if not isinstance(d, dict):
+            raise ArchError(f"{source}: an arch must be a JSON object with 'space', 'config', 'layers'")
+        missing = [k for k in ("space", "layers") if k not in d]
+        if missing:
+            raise ArchError(f"{source}: missing key(s) {missing}; an arch needs 'space' and 'layers' (and 'config')")
+        meta = {k: v for k, v in d.items() if k not in ("space", "config", "layers")}
+        try:
+            return cls(d["space"], d.get("config") or {}, d["layers"], meta)
+        except ArchError as e:
+            raise ArchError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Arch":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ArchError(f"arch file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ArchError(f"arch file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d, str(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def __str__(self) -> str:
+        return f"{self.space}[{' '.join(self.layers)}]"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

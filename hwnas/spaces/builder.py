@@ -1,0 +1,43 @@
+"""Arch -> plain ``nn.Module``: the child network, with no search code inside it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hwnas.spaces.arch import Arch
+
+
+class ChildNet(nn.Module):
+    """stem -> [first] -> layers -> head (1x1 conv, global pool) -> classifier."""
+
+    def __init__(self, stem: nn.Module, first: nn.Module | None, layers: list[nn.Module], head: nn.Module,
+                 classifier: nn.Module):
+        super().__init__()
+        self.stem = stem
+        self.first = first if first is not None else nn.Identity()
+        self.layers = nn.Sequential(*layers)
+        self.head = head
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.layers(self.first(self.stem(x)))))
+
+
+def build_child(arch: Arch | dict, resolution: int | None = None, num_classes: int | None = None) -> ChildNet:
+    """Build the child network of ``arch`` (an Arch or its JSON dict).
+
+    ``resolution`` is the input size it will be run at (default: the config's deploy resolution);
+    it only changes strides (see hwnas.spaces.chain). ``num_classes`` overrides the config's.
+    """
+    if not isinstance(arch, Arch):
+        arch = Arch.from_dict(arch)
+    if num_classes is not None:
+        arch = arch.with_config(num_classes=num_classes)
+    space, plan = arch.space_obj, arch.plan(resolution)
+    make = lambda part, token=None: space.make_module(part, token, plan.config)  # noqa: E731
+    return ChildNet(make(plan.stem), make(plan.first) if plan.first else None,
+                    [make(p, t) for p, t in zip(plan.layers, arch.layers)], make(plan.head), make(plan.classifier))
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,106 @@
+"""Search strategies — the *algorithm* half: how the weights, masks or paths that mixed ops combine
+are produced and updated. One file per method, registered by name; a new method subclasses the
+closest one and overrides only what differs.
+
+A strategy is an ``nn.Module`` that owns the supernet and its architecture parameters, so
+``.to(device)`` and ``state_dict()`` cover both. The loop in ``hwnas.search`` only calls:
+
+- ``sample_weight_path()`` then ``supernet(x)`` for a weight step on a training batch,
+- ``arch_step(x, y)`` for an architecture step on a validation batch (after warm-up),
+- ``set_eval_path(tokens)`` to evaluate one child inside the supernet,
+- ``log_probabilities()`` / ``derive()`` to read the architecture.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.latency.penalty import LatencyModel, latency_loss
+from hwnas.mixed.base import MixedOp
+from hwnas.mixed.supernet import ChainSupernet
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+def register(cls: type["Strategy"]) -> type["Strategy"]:
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str) -> type["Strategy"]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown search method {name!r}; available: {', '.join(sorted(STRATEGIES))}") from None
+
+
+class Strategy(nn.Module):
+    """Base: one architecture logit vector ``alpha_l`` per searchable layer, ``p_l = softmax(alpha_l)``."""
+
+    name = ""
+    mixed_op: type[MixedOp] = MixedOp
+    #: option name -> default; the CLI exposes them as --opt KEY=VALUE and records them in the run.
+    defaults: dict = {}
+
+    def __init__(self, supernet: ChainSupernet, latency: LatencyModel | None = None,
+                 target_ms: float | None = None, **options):
+        super().__init__()
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown option(s) {unknown}; allowed: {sorted(self.defaults)}")
+        self.options = {**self.defaults, **options}
+        self.supernet = supernet
+        self.latency = latency
+        self.target_ms = target_ms
+        self.alpha = nn.ParameterList(nn.Parameter(torch.zeros(len(c))) for c in supernet.choices)
+
+    @classmethod
+    def build(cls, space, config: dict, resolution: int, num_classes: int, **kwargs) -> "Strategy":
+        return cls(ChainSupernet(space, config, cls.mixed_op, resolution, num_classes), **kwargs)
+
+    # -- reading the architecture -------------------------------------------------------------
+    def probabilities(self) -> list[torch.Tensor]:
+        return [F.softmax(a, dim=-1) for a in self.alpha]
+
+    def log_probabilities(self) -> list[np.ndarray]:
+        return [F.log_softmax(a.detach().double(), dim=-1).cpu().numpy() for a in self.alpha]
+
+    def derive(self) -> list[str]:
+        """The most probable candidate of every layer."""
+        return [c[int(torch.argmax(a))] for c, a in zip(self.supernet.choices, self.alpha)]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alpha)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.supernet.parameters())
+
+    # -- the latency-aware objective ------------------------------------------------------------
+    def expected_latency(self) -> torch.Tensor | None:
+        return None if self.latency is None else self.latency.expected(self.probabilities())
+
+    def objective(self, ce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss, E[LAT]): ``ce`` alone when no latency target binds, else the method's loss form."""
+        expected = self.expected_latency()
+        if expected is None or self.target_ms is None:
+            return ce, expected
+        return latency_loss(ce, expected, self.target_ms, self.options.get("loss", "mul#log"),
+                            self.options.get("loss_params")), expected
+
+    # -- steps (overridden by methods) ----------------------------------------------------------
+    def sample_weight_path(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement sample_weight_path")
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} must implement arch_step")
+
+    def set_eval_path(self, tokens: list[str]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement set_eval_path")
+
+    def arch_optimizer_state(self) -> dict:
+        return {}
+
+    def load_arch_optimizer_state(self, state: dict) -> None:
+        pass

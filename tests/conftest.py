@@ -1,0 +1,3 @@
+import os
+
+os.environ.setdefault("HWNAS_PROGRESS", "0")
