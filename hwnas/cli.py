@@ -53,13 +53,28 @@ def _profile_progress(n_hint: str):
     return callback
 
 
-def _setup_logging(verbose: bool) -> None:
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _setup_logging(verbose: bool) -> list[logging.Handler]:
     logger = logging.getLogger("hwnas")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not logger.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(h)
+    h = _StderrHandler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(h)
+    return [h]
+
+
+_FILE_HANDLERS: list[logging.Handler] = []
 
 
 def _log_to_file(path: Path) -> None:
@@ -67,6 +82,7 @@ def _log_to_file(path: Path) -> None:
     h = logging.FileHandler(path)
     h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("hwnas").addHandler(h)
+    _FILE_HANDLERS.append(h)
 
 
 def _config_overrides(args) -> dict:
@@ -174,9 +190,9 @@ def cmd_search(args) -> int:
         cfg.table_device = (table.meta.get("device") or {}).get("slug")
         return table
 
+    search = Search(cfg, run_dir, table=table_for, progress=Progress)  # validates all inputs first
     _log_to_file(run_dir / "log.txt")
     log.info("run directory: %s", run_dir)
-    search = Search(cfg, run_dir, table=table_for, progress=Progress)
     summary = search.run()
     _print_summary(search, summary)
     return 0
@@ -314,7 +330,9 @@ def cmd_latency(args) -> int:
         from hwnas.spaces import get_space
 
         space = get_space(args.space or meta.get("space"))
-        config = space.resolve_config({"resolution": meta.get("resolution", 224), **_config_overrides(args)})
+        profiled = meta.get("config") if meta.get("space") == space.name else None
+        config = space.resolve_config({**(profiled or {}), "resolution": meta.get("resolution", 224),
+                                       **_config_overrides(args)})
         dev = meta.get("device") or {}
         print(f"table {args.table}: {len(table)} rows; space {space.name}, {meta.get('resolution')}x{meta.get('resolution')}, "
               f"batch {meta.get('batch')}, {meta.get('dtype')}; {meta.get('backend')} ({meta.get('provider')}) on "
@@ -393,9 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="search for accuracy alone, no table")
     p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or an image folder")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--warmup-epochs", type=int, default=4, help="weight-only epochs before architecture steps")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--warmup-epochs", type=int, default=8, help="weight-only epochs (random paths) before architecture steps")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--arch-every", type=int, default=1, help="an architecture step every N weight steps")
     p.add_argument("--arch-lr", type=float, default=None)
@@ -440,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--table", required=True)
     q.add_argument("--space", default=None, help="default: the table's")
     q.add_argument("--num-classes", dest="num_classes", type=int, default=None)
+    q.add_argument("--width-mult", dest="width_mult", type=float, default=None)
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("predict", help="predicted latency of an architecture")
     q.add_argument("--table", required=True)
@@ -452,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    handlers = _setup_logging(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -465,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"hwnas: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        for h in handlers + _FILE_HANDLERS:
+            logging.getLogger("hwnas").removeHandler(h)
+            h.close()
+        _FILE_HANDLERS.clear()
 
 
 if __name__ == "__main__":

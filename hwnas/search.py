@@ -46,9 +46,9 @@ class SearchConfig:
     data: str = "digits"
     data_root: str | None = None
     seed: int = 0
-    epochs: int = 12
-    warmup_epochs: int = 4
-    batch_size: int = 64
+    epochs: int = 16
+    warmup_epochs: int = 8
+    batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 4e-5

@@ -58,7 +58,7 @@ def train_child(arch: Arch, out_dir: str | os.PathLike, *, data: str = "digits",
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if bar:
                 bar.update(1)
         sched.step()

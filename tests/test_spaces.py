@@ -60,8 +60,9 @@ def test_small_resolution_adapts_strides_but_not_shapes():
     assert [p.shape for p in big.parameters()] == [p.shape for p in small.parameters()]
     small.load_state_dict(big.state_dict())
     plan = arch.plan(32)
-    assert plan.stem.stride == 1 and plan.layers[-1].out_res == 4
-    assert arch.plan(28).layers[-1].out_res >= 4 and arch.plan(64).layers[-1].out_res == 4
+    assert plan.stem.stride == 1 and plan.layers[0].stride == 2 and plan.layers[-1].out_res == 2
+    assert arch.plan(28).layers[-1].out_res >= 2 and arch.plan(64).layers[-1].out_res == 2
+    assert arch.plan(64).stem.stride == 2 and arch.plan(224).layers[-1].out_res == 7
 
 
 def test_arch_errors_name_layer_token_and_allowed():

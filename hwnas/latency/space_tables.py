@@ -58,7 +58,7 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
                   iterations: int = 50, progress=None) -> LatencyTable:
     """Profile every block of ``space`` (at ``config``'s deploy shape) missing from the table at ``path``."""
     cfg = space.resolve_config(config)
-    meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch}
+    meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch, "config": cfg}
     return profile_blocks(space_blocks(space, cfg, batch), path, backend=backend, device=device,
                           threads=threads or default_threads(), warmup=warmup, iterations=iterations, dtype=dtype,
                           meta=meta, progress=progress)

@@ -19,10 +19,13 @@ Config keys (all optional; missing keys take the space's defaults)::
     pw_at_e1    keep the 1x1 expansion conv at e=1 (FBNet's block)
     dropout     dropout before the classifier
 
-Small inputs: a network built for an input smaller than 224 (digits at 32x32) turns its earliest
-stride-2 steps into stride 1 until at most ``floor(log2(resolution / 4))`` downsamplings remain, so
-the last feature map stays at least 4x4 (CIFAR-style MobileNetV2 does the same). Parameter shapes do
-not depend on strides: weights trained at 32x32 load into the 224x224 network unchanged.
+Small inputs: a network built for an input smaller than the deploy one (digits at 32x32) turns its
+earliest stride-2 steps into stride 1 until at most ``floor(log2(resolution / 2))`` downsamplings
+remain, so the last feature map stays at least 2x2: at 32x32 only the stem's stride goes (4
+downsamplings, 32 -> 2); at 64x64 and above nothing changes. (CIFAR-style MobileNetV2 also drops the
+first stage's stride, ending at 4x4; that costs about 4x the compute in the early stages, which a
+2-core CPU search on a proxy set cannot afford.) Parameter shapes do not depend on strides: weights
+trained at 32x32 load into the 224x224 network unchanged.
 """
 from __future__ import annotations
 
@@ -190,8 +193,8 @@ class ChainSpace:
 
 
 def _adapt_strides(strides: list[int], resolution: int) -> list[int]:
-    """Turn the earliest stride-2 steps into stride 1 until at most floor(log2(res/4)) remain."""
-    allowed = max(0, int(math.floor(math.log2(resolution / 4))))
+    """Turn the earliest stride-2 steps into stride 1 until at most floor(log2(res/2)) remain."""
+    allowed = max(0, int(math.floor(math.log2(resolution / 2))))
     excess = sum(1 for s in strides if s > 1) - allowed
     out = []
     for s in strides:
