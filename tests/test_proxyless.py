@@ -119,3 +119,20 @@ def test_weight_step_memory_is_one_path_not_all_candidates():
     every = activation_bytes(all_paths)
     assert one <= 1.5 * ref
     assert every > 4 * one
+
+
+@pytest.mark.parametrize("space", ["proxyless", "fbnet", "spnas"])
+def test_one_weight_and_arch_step_on_every_space(space):
+    s, lat = make(target=None, space=space)
+    s.target_ms = lat.extremes()[1][0] * 0.8  # a binding target: the latency term is in the loss
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4,))
+    s.sample_weight_path()
+    F.cross_entropy(s.supernet(x), y).backward()
+    active = [op.candidates[op.active] for op in s.supernet.mixed]
+    assert all(p.grad is not None for m in active for p in m.parameters())
+    before = [a.detach().clone() for a in s.alpha]
+    metrics = s.arch_step(x, y)
+    assert metrics["expected_latency_ms"] > 0 and metrics["arch_loss"] > 0
+    assert all(not torch.equal(b, a.detach()) for b, a in zip(before, s.alpha))  # latency moves every layer
+    tokens = s.derive()
+    assert Arch(space, s.supernet.config, tokens).layers == tokens

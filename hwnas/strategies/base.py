@@ -12,6 +12,8 @@ A strategy is an ``nn.Module`` that owns the supernet and its architecture param
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,7 @@ def get_strategy(name: str) -> type["Strategy"]:
         raise ValueError(f"unknown search method {name!r}; available: {', '.join(sorted(STRATEGIES))}") from None
 
 
-class Strategy(nn.Module):
+class Strategy(nn.Module, metaclass=ABCMeta):
     """Base: one architecture logit vector ``alpha_l`` per searchable layer, ``p_l = softmax(alpha_l)``."""
 
     name = ""
@@ -89,15 +91,18 @@ class Strategy(nn.Module):
         return latency_loss(ce, expected, self.target_ms, self.options.get("loss", "mul#log"),
                             self.options.get("loss_params")), expected
 
-    # -- steps (overridden by methods) ----------------------------------------------------------
+    # -- steps (every method defines them) ---------------------------------------------------------
+    @abstractmethod
     def sample_weight_path(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement sample_weight_path")
+        """Configure the mixed ops for a weight step on a training batch."""
 
+    @abstractmethod
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must implement arch_step")
+        """One architecture update on a validation batch; returns scalar metrics."""
 
+    @abstractmethod
     def set_eval_path(self, tokens: list[str]) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement set_eval_path")
+        """Configure the mixed ops to run exactly the child ``tokens``."""
 
     def arch_optimizer_state(self) -> dict:
         return {}
