@@ -326,6 +326,8 @@ def cmd_latency(args) -> int:
 
     table = LatencyTable.load(args.table)
     meta = table.meta
+    if args.latency_cmd == "validate":
+        return _latency_validate(args, table)
     if args.latency_cmd == "show":
         from hwnas.spaces import get_space
 
@@ -356,7 +358,43 @@ def cmd_latency(args) -> int:
     if args.breakdown:
         for part, sig, ms in model.breakdown(arch.layers):
             print(f"{part:<22} {ms:>8.3f} ms  {sig}")
-    print(f"{model.of_tokens(arch.layers):.3f} ms")
+    if model.calibration:
+        raw = LatencyModel(table, arch.space_obj, arch.config, calibrated=False).of_tokens(arch.layers)
+        print(f"{model.of_tokens(arch.layers):.3f} ms (calibrated; plain sum {raw:.3f} ms)")
+    else:
+        print(f"{model.of_tokens(arch.layers):.3f} ms")
+    return 0
+
+
+def _latency_validate(args, table) -> int:
+    from hwnas.latency.validate import validate
+    from hwnas.spaces import get_space
+
+    space = get_space(table.meta.get("space"))
+    config = space.resolve_config({**(table.meta.get("config") or {}), "resolution": table.meta["resolution"]})
+    out = Path(args.out or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-validate-{space.name}")
+    state = {}
+
+    def progress(i, n):
+        if "bar" not in state:
+            state["bar"] = Progress(n, "measure networks")
+        state["bar"].update(1)
+        if i == n:
+            state["bar"].close()
+
+    rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
+                   progress=progress)
+    for name, fig in (("plain sum", rep.before), ("calibrated", rep.after)):
+        print(f"{name:>10}: {fig['within_5pct']:.0%} within +-5%, {fig['within_10pct']:.0%} within +-10%, "
+              f"MAPE {fig['mape']:.1%}, mean error {fig['mean_signed_error']:+.1%}, Kendall tau {fig['kendall_tau']:.3f} "
+              f"({fig['n']} held-out networks)")
+    c = rep.calibration
+    print(f"calibration: measured = {c['a']:.3f} ms + {c['b']:.3f} x sum (fit on {c['fit_samples']} other networks)")
+    if not args.no_store:
+        table.meta["calibration"] = c
+        table.save(table.path)
+        print(f"calibration stored in {table.path}'s sidecar: predictions and searches with this table use it")
+    print(f"report: {out}/report.json, samples.csv, scatter.png")
     return 0
 
 
@@ -459,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--space", default=None, help="default: the table's")
     q.add_argument("--num-classes", dest="num_classes", type=int, default=None)
     q.add_argument("--width-mult", dest="width_mult", type=float, default=None)
+    q.set_defaults(func=cmd_latency)
+    q = lsub.add_parser("validate", help="measure random networks end to end vs the table; fit a calibration")
+    q.add_argument("--table", required=True)
+    q.add_argument("--samples", type=int, default=100)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--iterations", type=int, default=50)
+    q.add_argument("--out", default=None, help="report directory (default runs/<stamp>-validate-<space>)")
+    q.add_argument("--runs", default="runs")
+    q.add_argument("--no-store", action="store_true", help="do not store the calibration in the table")
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("predict", help="predicted latency of an architecture")
     q.add_argument("--table", required=True)

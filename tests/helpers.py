@@ -6,6 +6,7 @@ class DictTable:
 
     def __init__(self, rows: dict[str, float]):
         self.rows = rows
+        self.meta: dict = {}
 
     def latency(self, signature: str) -> float:
         return self.rows[signature]

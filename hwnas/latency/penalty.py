@@ -27,9 +27,15 @@ class LatencyModel(nn.Module):
 
     ``table`` needs ``latency(signature) -> ms`` and ``require(signatures)``. Candidate latencies are
     buffers, so the model follows ``.to(device)``.
+
+    A table whose sidecar carries an affine calibration ``measured ~ a + b * sum`` (from ``hwnas
+    latency validate``) is applied by folding it into the entries: every candidate latency is scaled
+    by ``b`` and the fixed part becomes ``a + b * fixed``. Expected latency, per-architecture
+    predictions, the space's range and the constrained derivation are then all calibrated, and
+    ``calibrated=False`` gives the plain sum.
     """
 
-    def __init__(self, table, space: ChainSpace, config: dict):
+    def __init__(self, table, space: ChainSpace, config: dict, calibrated: bool = True):
         super().__init__()
         self.space, self.config = space, space.resolve_config(config)
         plan = space.plan(self.config)  # the deploy shape: the table's resolution
@@ -38,8 +44,15 @@ class LatencyModel(nn.Module):
         self.fixed_signatures = [space.signature(p, None, self.config) for p in plan.fixed]
         needed = [s for s in self.fixed_signatures if s] + [s for row in self.layer_signatures for s in row if s]
         table.require(needed)
-        look = lambda s: 0.0 if s is None else float(table.latency(s))  # noqa: E731
+        cal = (getattr(table, "meta", None) or {}).get("calibration") if calibrated else None
+        if cal is not None and not (cal.get("form") == "affine" and cal.get("b", 0) > 0):
+            raise ValueError(f"latency table calibration {cal!r} is not an affine form with b > 0")
+        self.calibration = cal
+        scale, offset = (cal["b"], cal["a"]) if cal else (1.0, 0.0)
+        look = lambda s: 0.0 if s is None else scale * float(table.latency(s))  # noqa: E731
         self.fixed_parts = [(p.kind, s, look(s)) for p, s in zip(plan.fixed, self.fixed_signatures)]
+        if cal:
+            self.fixed_parts.append(("calibration offset", None, offset))
         self.fixed_ms = sum(ms for _, _, ms in self.fixed_parts)
         for i, row in enumerate(self.layer_signatures):
             self.register_buffer(f"lat{i}", torch.tensor([look(s) for s in row], dtype=torch.float64))
@@ -68,7 +81,8 @@ class LatencyModel(nn.Module):
         for i, t in enumerate(tokens):
             j = self.choices[i].index(t)
             rows.append((f"layer {i} {t}", self.layer_signatures[i][j] or "-", float(self.layer(i)[j])))
-        rows += [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts if kind in ("head", "classifier")]
+        rows += [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts
+                 if kind in ("head", "classifier", "calibration offset")]
         return rows
 
     def extremes(self) -> tuple[tuple[float, list[str]], tuple[float, list[str]]]:

@@ -1,0 +1,87 @@
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.space_tables import profile_space
+from hwnas.latency.table import LatencyTable
+from hwnas.latency.validate import error_figures, fit_affine, kendall_tau, sample_archs, validate
+from hwnas.spaces import get_space
+from helpers import synthetic_table
+
+
+def brute_tau(x, y):
+    c = d = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        sx, sy = np.sign(x[j] - x[i]), np.sign(y[j] - y[i])
+        if sx * sy > 0:
+            c += 1
+        elif sx * sy < 0:
+            d += 1
+        elif sx == 0 and sy != 0:
+            tx += 1
+        elif sy == 0 and sx != 0:
+            ty += 1
+    return (c - d) / np.sqrt((c + d + tx) * (c + d + ty))
+
+
+def test_kendall_tau_known_answers():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 30).astype(float), rng.integers(0, 5, 30).astype(float)  # with ties
+    assert kendall_tau(x, y) == pytest.approx(brute_tau(x, y))
+
+
+def test_fit_and_error_figures():
+    raw = np.array([1.0, 2.0, 3.0, 4.0])
+    cal = fit_affine(raw, 0.5 + 1.5 * raw)
+    assert cal["a"] == pytest.approx(0.5) and cal["b"] == pytest.approx(1.5) and cal["fit_samples"] == 4
+    f = error_figures([1.04, 2.19, 3.0, 5.0], [1.0, 2.0, 3.0, 4.0])
+    assert f["within_5pct"] == 0.5 and f["within_10pct"] == 0.75
+    assert f["mape"] == pytest.approx((0.04 + 0.095 + 0 + 0.25) / 4)
+
+
+def test_calibration_is_folded_into_every_prediction():
+    space = get_space("spnas")
+    cfg = space.resolve_config({"width_mult": 0.25})
+    table = synthetic_table(space, cfg)
+    plain = LatencyModel(table, space, cfg)
+    table.meta = {"calibration": {"form": "affine", "a": 0.7, "b": 0.8}}
+    cal = LatencyModel(table, space, cfg)
+    tokens = sample_archs(space, cfg, 1, seed=3)[0]
+    assert cal.of_tokens(tokens) == pytest.approx(0.7 + 0.8 * plain.of_tokens(tokens))
+    (lo, _), (hi, _) = cal.extremes()
+    assert lo == pytest.approx(0.7 + 0.8 * plain.extremes()[0][0])
+    assert sum(ms for _, _, ms in cal.breakdown(tokens)) == pytest.approx(cal.of_tokens(tokens))
+    table.meta = {"calibration": {"form": "affine", "a": 0.7, "b": -1.0}}
+    with pytest.raises(ValueError, match="b > 0"):
+        LatencyModel(table, space, cfg)
+
+
+def test_sample_archs_are_valid_distinct_and_seeded():
+    space = get_space("fbnet")
+    cfg = space.resolve_config({})
+    a = sample_archs(space, cfg, 20, seed=1)
+    assert len({tuple(t) for t in a}) == 20 and a == sample_archs(space, cfg, 20, seed=1)
+    plan = space.plan(cfg)
+    assert all(t in p.choices for arch in a for t, p in zip(arch, plan.layers))
+
+
+def test_validate_end_to_end_on_a_small_real_table(tmp_path):
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 64})
+    table = profile_space(space, cfg, tmp_path / "t.csv", device=__import__("torch").device("cpu"),
+                          backend="torch", threads=1, warmup=1, iterations=5)
+    table = LatencyTable.load(tmp_path / "t.csv")
+    rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5)
+    assert rep.samples == 8 and rep.holdout == 4 and rep.calibration["fit_samples"] == 4
+    for fig in (rep.before, rep.after):
+        assert 0 <= fig["within_10pct"] <= 1 and -1 <= fig["kendall_tau"] <= 1 and fig["n"] == 4
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["calibration"]["b"] == pytest.approx(rep.calibration["b"])
+    assert (tmp_path / "v" / "scatter.png").stat().st_size > 1000
+    lines = (tmp_path / "v" / "samples.csv").read_text().splitlines()
+    assert len(lines) == 9 and "held_out" in lines[-1]
