@@ -118,10 +118,10 @@ def cmd_profile(args) -> int:
     threads = args.threads or default_threads()
     path = Path(args.table) if args.table else default_table_path(
         space.name, device=device, backend=args.backend, resolution=config["resolution"], batch=args.batch,
-        dtype=args.dtype, threads=threads, root=args.out)
+        dtype=args.dtype, threads=threads, root=args.out, mode=args.mode, provider=args.provider)
     table = profile_space(space, config, path, device=device, backend=args.backend, batch=args.batch,
                           dtype=args.dtype, threads=threads, warmup=args.warmup, iterations=args.iterations,
-                          progress=_profile_progress(space.name))
+                          progress=_profile_progress(space.name), mode=args.mode, provider=args.provider)
     _print_range(table, space, config)
     print(f"latency table: {path} ({len(table)} rows)")
     return 0
@@ -184,7 +184,8 @@ def cmd_search(args) -> int:
         else:
             table, path = ensure_table(space, deploy_config, device=lat_device, backend=args.backend, batch=args.batch,
                                        dtype=args.dtype, threads=threads, root=args.tables,
-                                       progress=_profile_progress(space.name), profile_missing=not args.no_profile)
+                                       progress=_profile_progress(space.name), profile_missing=not args.no_profile,
+                                       mode=args.mode, provider=args.provider)
             explicit = str(path)
         cfg.table = str(explicit)
         cfg.table_device = (table.meta.get("device") or {}).get("slug")
@@ -412,6 +413,10 @@ def _add_table_opts(p):
                    help="runtime the latency is for (default %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="deploy batch size (default %(default)s)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="deploy dtype (default %(default)s)")
+    p.add_argument("--mode", default=None, choices=["eager", "compile", "cudagraph"],
+                   help="how --backend torch runs (default eager; cudagraph needs CUDA)")
+    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider (default: the device's own, cpu or cuda)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: torch's, usually the cores)")
     p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
                    help="root of the cached latency tables (default %(default)s)")

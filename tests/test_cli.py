@@ -76,6 +76,14 @@ def test_cuda_without_cuda(in_workdir, capsys):
     assert_one_line_error(code, err, "cuda:0")
 
 
+def test_profile_runtime_refusals_write_nothing(in_workdir, capsys):
+    code, _, err = run(capsys, "profile", "--backend", "torch", "--mode", "cudagraph", "--out", "t")
+    assert_one_line_error(code, err, "cudagraph needs a CUDA device")
+    code, _, err = run(capsys, "profile", "--provider", "tensorrt", "--out", "t")
+    assert_one_line_error(code, err, "--provider tensorrt does not run on --device cpu")
+    assert not (in_workdir / "t").exists()
+
+
 def test_unknown_token(in_workdir, capsys):
     bad = in_workdir / "bad.json"
     bad.write_text(json.dumps({"space": "proxyless", "layers": ["k9e6"] + ["k3e6"] * 20}))

@@ -22,6 +22,8 @@ from hwnas.latency.timing import (
     measure_module,
     ort_session,
     random_inputs,
+    runtime,
+    runtime_label,
     summarize,
     time_callable,
 )
@@ -116,6 +118,43 @@ def test_measure_module_dtypes():
         measure_module(tiny_block(), (1, 4, 8, 8), backend="onnxruntime", threads=1, dtype="bf16")
     with pytest.raises(ValueError, match="unknown latency backend 'tvm'"):
         measure_module(tiny_block(), (1, 4, 8, 8), backend="tvm", threads=1)
+
+
+def test_runtime_defaults_and_refusals():
+    assert runtime("torch", "cpu") == ("eager", None)
+    assert runtime("torch", "cpu", "compile") == ("compile", None)
+    assert runtime("onnxruntime", "cpu") == (None, "cpu")
+    assert runtime("onnxruntime", "cuda:0") == (None, "cuda")  # no CUDA needed to name the default
+    assert runtime("onnxruntime", "cuda:0", provider="tensorrt") == (None, "tensorrt")
+    with pytest.raises(ValueError, match="cudagraph needs a CUDA device"):
+        runtime("torch", "cpu", "cudagraph")
+    with pytest.raises(ValueError, match="--provider cuda is for --backend onnxruntime"):
+        runtime("torch", "cpu", provider="cuda")
+    with pytest.raises(ValueError, match="--mode compile is for --backend torch"):
+        runtime("onnxruntime", "cpu", "compile")
+    with pytest.raises(ValueError, match="--provider tensorrt does not run on --device cpu"):
+        runtime("onnxruntime", "cpu", provider="tensorrt")
+    with pytest.raises(ValueError, match="--provider cpu does not run on --device cuda:0"):
+        runtime("onnxruntime", "cuda:0", provider="cpu")
+    with pytest.raises(ValueError, match="unknown torch mode 'jit'"):
+        runtime("torch", "cpu", "jit")
+    assert [runtime_label("torch"), runtime_label("torch", "eager"), runtime_label("torch", "cudagraph"),
+            runtime_label("onnxruntime", None, "cpu"), runtime_label("onnxruntime", None, "cuda"),
+            runtime_label("onnxruntime", None, "tensorrt")] == [
+        "torch", "torch", "torch-cudagraph", "onnxruntime", "onnxruntime", "onnxruntime-tensorrt"]
+
+
+def test_measure_module_compile_mode_runs_the_compiled_block(monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return real_compile(module, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    s = measure_module(tiny_block(), (1, 4, 8, 8), backend="torch", threads=1, warmup=1, iterations=4, mode="compile")
+    assert compiled == ["Sequential"] and s["count"] == 4 and 0 < s["p50"] < 1000
 
 
 # --------------------------------------------------------------------------------------------- ONNX Runtime
@@ -226,6 +265,20 @@ def test_profile_blocks_resumes_after_a_kill(tmp_path):
     third = Builds()
     profile_blocks(third.specs(), path, meta=META, only_missing=False, **FAST)
     assert third.count == {"c2": 1, "c3": 1, "c4": 1}
+
+    with pytest.raises(LatencyTableError, match=r"mode 'eager' \(table\) != 'compile' \(now\)"):
+        profile_blocks(third.specs(), path, meta=META, **{**FAST, "mode": "compile"})
+
+
+def test_profile_blocks_records_provider_and_mode(tmp_path):
+    path = tmp_path / "t.csv"
+    profile_blocks([Builds().spec("c2", 2)], path, meta=META, **{**FAST, "backend": "onnxruntime"})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["provider"] == "CPUExecutionProvider" and meta["mode"] is None
+    with pytest.raises(ValueError, match="tensorrt does not run on --device cpu"):
+        profile_blocks([Builds().spec("c2", 2)], tmp_path / "u.csv", meta=META,
+                       **{**FAST, "backend": "onnxruntime", "provider": "tensorrt"})
+    assert not (tmp_path / "u.csv").exists()  # refused before anything was written
 
 
 def test_profile_blocks_dedupes_and_refuses_other_settings(tmp_path, capsys):

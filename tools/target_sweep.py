@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from hwnas.latency.space_tables import load_table_for
+import torch
+
+from hwnas.latency.space_tables import load_table_for, profile_space
+from hwnas.latency.table import LatencyTable
 from hwnas.search import Search, SearchConfig
 from hwnas.spaces import get_space
 
@@ -24,12 +27,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     space = get_space(args.space)
+    meta = LatencyTable.load(args.table).meta
+
+    def table_for(sp, deploy_config):
+        # The search's deploy shape may need rows the profile did not (e.g. a 10-class classifier):
+        # profile those into the same table with its own settings, then load it with every check.
+        profile_space(sp, deploy_config, args.table, device=torch.device("cpu"), backend=meta["backend"],
+                      batch=int(meta.get("batch", 1)), dtype=meta.get("dtype", "fp32"),
+                      threads=int(meta.get("threads", 1)))
+        return load_table_for(sp, deploy_config, args.table)
+
     print(f"{'target':>8} {'T ms':>8} {'predicted ms':>13} {'ratio':>6}  architecture")
     for t in args.targets:
         cfg = SearchConfig(space=args.space, latency_target=t, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                            seed=args.seed, table=args.table)
         with tempfile.TemporaryDirectory() as run:
-            s = Search(cfg, run, table=lambda sp, c: load_table_for(sp, c, args.table))
+            s = Search(cfg, run, table=table_for)
             r = s.run()
         print(f"{t:>8} {r['target_ms']:>8.3f} {r['predicted_latency_ms']:>13.3f} "
               f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f}  {' '.join(r['arch'])}")

@@ -18,7 +18,7 @@ import torch
 
 from hwnas.device import device_info
 from hwnas.latency.table import LatencyTable, LatencyTableError, library_versions, table_files
-from hwnas.latency.timing import BACKENDS, measure_module, ort_provider
+from hwnas.latency.timing import PROVIDERS, measure_module, runtime
 
 __all__ = ["BlockSpec", "profile_blocks", "provider_name"]
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Sidecar keys that must agree between an existing table and a resumed profile: mixing rows measured
 # under different settings in one table would make it silently wrong.
-_RESUME_KEYS = ("space", "resolution", "batch", "dtype", "backend", "provider", "threads")
+_RESUME_KEYS = ("space", "resolution", "batch", "dtype", "backend", "mode", "provider", "threads")
 
 
 @dataclass
@@ -38,11 +38,13 @@ class BlockSpec:
     input_shape: tuple[int, ...]
 
 
-def provider_name(backend: str, device: str | torch.device) -> str:
-    """What runs the blocks: an ONNX Runtime execution provider, or ``torch-eager-<cpu|cuda>``."""
+def provider_name(backend: str, device: str | torch.device, mode: str | None = None,
+                  provider: str | None = None) -> str:
+    """What runs the blocks: an ONNX Runtime execution provider, or ``torch-<mode>-<cpu|cuda>``."""
+    mode, provider = runtime(backend, device, mode, provider)
     if backend == "onnxruntime":
-        return ort_provider(device)
-    return f"torch-eager-{torch.device(device).type}"
+        return PROVIDERS[provider]
+    return f"torch-{mode}-{torch.device(device).type}"
 
 
 def _dedupe(blocks: Sequence[BlockSpec]) -> list[BlockSpec]:
@@ -78,6 +80,8 @@ def _open_table(path, meta: dict) -> LatencyTable:
     if not csv_path.exists():
         return LatencyTable.empty(meta)
     table = LatencyTable.load(csv_path)
+    if table.meta.get("backend") == "torch":
+        table.meta.setdefault("mode", "eager")  # tables written before modes existed were eager
     diffs = [
         f"{key} {table.meta.get(key)!r} (table) != {meta[key]!r} (now)"
         for key in _RESUME_KEYS
@@ -118,36 +122,37 @@ def profile_blocks(
     meta: dict,
     progress: Callable[[int, int, str], None] | None = None,
     only_missing: bool = True,
+    mode: str | None = None,
+    provider: str | None = None,
 ) -> LatencyTable:
     """Measure ``blocks`` into the table at ``path`` (its .csv, .json or stem) and return the table.
 
     ``meta`` supplies the caller's sidecar keys (at least ``space``, ``resolution``, ``batch``; any extra
-    keys are kept); the profiler adds backend, provider, device (``device_info``), threads, dtype,
+    keys are kept); the profiler adds backend, mode (torch), provider, device (``device_info``), threads, dtype,
     warmup, iterations and provenance. If the table exists it is resumed: it must have been profiled
     with the same space/shape/dtype/backend/provider/threads/device (else ``LatencyTableError``), and
     with ``only_missing`` only the signatures it lacks are measured. Blocks are deduplicated by
     signature. The table is saved after every block. ``progress(i, n, signature)`` is called after the
     i-th of the n blocks being measured (1-based).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    mode, provider = runtime(backend, device, mode, provider)
     device = torch.device(device)
     full_meta = {
         **meta,
         "dtype": dtype,
         "backend": backend,
-        "provider": provider_name(backend, device),
+        "mode": mode,
+        "provider": provider_name(backend, device, mode, provider),
         "device": device_info(device, threads),
         "threads": int(threads),
         "warmup": int(warmup),
         "iterations": int(iterations),
     }
     table = _open_table(path, full_meta)
-    if device.type == "cpu":
-        _warn_if_busy(int(threads), full_meta["device"].get("usable_cpus") or os.cpu_count() or 1)
-
     unique = _dedupe(blocks)
     todo = [b for b in unique if not (only_missing and b.signature in table)]
+    if device.type == "cpu" and todo:
+        _warn_if_busy(int(threads), full_meta["device"].get("usable_cpus") or os.cpu_count() or 1)
     log.info(
         "profiling %d of %d blocks into %s (%s on %s, %d threads, %s)",
         len(todo), len(unique), table_files(path)[0], backend, full_meta["device"]["slug"], threads, dtype,
@@ -164,7 +169,7 @@ def profile_blocks(
             module = block.build()
             stats = measure_module(
                 module, block.input_shape, backend=backend, device=device, threads=threads,
-                warmup=warmup, iterations=iterations, dtype=dtype,
+                warmup=warmup, iterations=iterations, dtype=dtype, mode=mode, provider=provider,
             )
         except Exception as e:
             log.error("profiling block %r failed (%d of %d measured this run)", block.signature, i - 1, len(todo))

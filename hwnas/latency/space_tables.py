@@ -12,6 +12,7 @@ import torch
 from hwnas.device import device_slug
 from hwnas.latency.profiler import BlockSpec, profile_blocks
 from hwnas.latency.table import LatencyTable, LatencyTableError, check_compatible, table_path
+from hwnas.latency.timing import runtime, runtime_label
 from hwnas.spaces.chain import ChainSpace, Part
 
 log = logging.getLogger("hwnas.latency")
@@ -47,21 +48,25 @@ def needed_signatures(space: ChainSpace, config: dict) -> list[str]:
 
 
 def default_table_path(space: str, *, device: torch.device, backend: str, resolution: int = 224, batch: int = 1,
-                       dtype: str = "fp32", threads: int | None = None, root: str | os.PathLike = DEFAULT_ROOT) -> Path:
+                       dtype: str = "fp32", threads: int | None = None, root: str | os.PathLike = DEFAULT_ROOT,
+                       mode: str | None = None, provider: str | None = None) -> Path:
+    """``<root>/<device slug>/<runtime label>/<space>-r<res>-b<batch>-<dtype>.csv`` (see ``runtime_label``)."""
     threads = threads or default_threads()
     slug = device_slug(device, threads if device.type == "cpu" else None)
-    return Path(table_path(root, slug, backend, space, resolution, batch, dtype))
+    mode, provider = runtime(backend, device, mode, provider)
+    return Path(table_path(root, slug, runtime_label(backend, mode, provider), space, resolution, batch, dtype))
 
 
 def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, device: torch.device, backend: str,
                   batch: int = 1, dtype: str = "fp32", threads: int | None = None, warmup: int = 10,
-                  iterations: int = 50, progress=None) -> LatencyTable:
+                  iterations: int = 50, progress=None, mode: str | None = None,
+                  provider: str | None = None) -> LatencyTable:
     """Profile every block of ``space`` (at ``config``'s deploy shape) missing from the table at ``path``."""
     cfg = space.resolve_config(config)
     meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch, "config": cfg}
     return profile_blocks(space_blocks(space, cfg, batch), path, backend=backend, device=device,
                           threads=threads or default_threads(), warmup=warmup, iterations=iterations, dtype=dtype,
-                          meta=meta, progress=progress)
+                          meta=meta, progress=progress, mode=mode, provider=provider)
 
 
 def load_table_for(space: ChainSpace, config: dict, path: str | os.PathLike, *, batch: int = 1,
@@ -78,11 +83,12 @@ def load_table_for(space: ChainSpace, config: dict, path: str | os.PathLike, *, 
 def ensure_table(space: ChainSpace, config: dict, *, device: torch.device, backend: str, batch: int = 1,
                  dtype: str = "fp32", threads: int | None = None, root: str | os.PathLike = DEFAULT_ROOT,
                  progress=None, profile_missing: bool = True, warmup: int = 10,
-                 iterations: int = 50) -> tuple[LatencyTable, Path]:
+                 iterations: int = 50, mode: str | None = None,
+                 provider: str | None = None) -> tuple[LatencyTable, Path]:
     """The table of this machine for ``space``, profiling the missing blocks first when allowed."""
     cfg = space.resolve_config(config)
     path = default_table_path(space.name, device=device, backend=backend, resolution=cfg["resolution"], batch=batch,
-                              dtype=dtype, threads=threads, root=root)
+                              dtype=dtype, threads=threads, root=root, mode=mode, provider=provider)
     if path.exists():
         table = LatencyTable.load(path)
         missing = table.missing(needed_signatures(space, cfg))
@@ -94,5 +100,6 @@ def ensure_table(space: ChainSpace, config: dict, *, device: torch.device, backe
     elif not profile_missing:
         raise LatencyTableError(f"no latency table at {path}; run `hwnas profile --space {space.name}` first")
     table = profile_space(space, cfg, path, device=device, backend=backend, batch=batch, dtype=dtype,
-                          threads=threads, warmup=warmup, iterations=iterations, progress=progress)
+                          threads=threads, warmup=warmup, iterations=iterations, progress=progress,
+                          mode=mode, provider=provider)
     return table, path

@@ -4,10 +4,17 @@
 
 - ``"torch"``: eager, ``eval()`` + ``torch.inference_mode()``, ``torch.set_num_threads(threads)`` on CPU
   (restored afterwards), ``torch.cuda.synchronize()`` inside the timed region on CUDA.
+  ``mode`` picks how torch runs it: ``"eager"``; ``"compile"`` (``torch.compile``, compiled during the
+  warm-up); ``"cudagraph"`` (CUDA only: the forward captured once in a CUDA graph on a static input,
+  each timed call copies the input in and replays the graph).
 - ``"onnxruntime"``: the module is exported to ONNX in memory (``export_onnx_bytes``: the dynamo exporter,
   falling back to the TorchScript one only if it raises) and run by an ``InferenceSession``
   (``ort_session``: ORT_ENABLE_ALL, ``threads`` intra-op threads, one inter-op thread, sequential,
-  no spinning). On CUDA the inputs are bound on the device with IO binding, so host copies are not timed.
+  no spinning) on the execution ``provider`` ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. On CUDA the inputs are
+  bound on the device with IO binding, so host copies are not timed.
+
+``runtime(backend, device, mode, provider)`` checks a combination and fills in the defaults;
+``runtime_label`` names it in table paths (``torch``, ``torch-compile``, ``onnxruntime-tensorrt``...).
 
 Every result is ``summarize(samples_ms)``: count, mean, std, p10, p50, p90 in milliseconds.
 Inputs are random normal tensors (``random_inputs``), never zeros.
@@ -32,7 +39,11 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "MODES",
+    "PROVIDERS",
     "DTYPES",
+    "runtime",
+    "runtime_label",
     "summarize",
     "time_callable",
     "random_inputs",
@@ -46,6 +57,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "torch")
+MODES = ("eager", "compile", "cudagraph")  # torch only
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
@@ -231,24 +244,67 @@ def export_onnx_bytes(module: torch.nn.Module, example_input: torch.Tensor, *, o
         return buffer.getvalue()
 
 
-def ort_provider(device: str | torch.device) -> str:
-    """The ONNX Runtime execution provider used for ``device``."""
-    return "CUDAExecutionProvider" if torch.device(device).type == "cuda" else "CPUExecutionProvider"
+def runtime(backend: str, device: str | torch.device, mode: str | None = None,
+            provider: str | None = None) -> tuple[str | None, str | None]:
+    """``(mode, provider)`` for a backend on a device, defaults filled in, impossible pairs refused.
+
+    torch: ``mode`` in ``MODES`` (default ``"eager"``; ``"cudagraph"`` needs a CUDA device), no provider.
+    onnxruntime: ``provider`` in ``PROVIDERS`` (default ``"cuda"`` on a CUDA device, else ``"cpu"``;
+    ``"cuda"``/``"tensorrt"`` need a CUDA device, ``"cpu"`` a CPU one), no mode.
+    """
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown latency backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if provider is not None:
+            raise ValueError(f"--provider {provider} is for --backend onnxruntime; torch runs on the device itself")
+        mode = mode or "eager"
+        if mode not in MODES:
+            raise ValueError(f"unknown torch mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "cudagraph" and device.type != "cuda":
+            raise ValueError("--mode cudagraph needs a CUDA device (CUDA graphs do not exist on the CPU)")
+        return mode, None
+    if mode not in (None, "eager"):
+        raise ValueError(f"--mode {mode} is for --backend torch; ONNX Runtime has providers (--provider)")
+    provider = provider or ("cuda" if device.type == "cuda" else "cpu")
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown onnxruntime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    if (provider == "cpu") != (device.type == "cpu"):
+        raise ValueError(f"--provider {provider} does not run on --device {device}: "
+                         + ("use --device cuda:N" if provider != "cpu" else "use --device cpu"))
+    return None, provider
 
 
-def ort_session(onnx_bytes_or_path: bytes | str | Path, *, device: str | torch.device = "cpu", threads: int = 1):
+def runtime_label(backend: str, mode: str | None = None, provider: str | None = None) -> str:
+    """The runtime's name in table paths: ``torch``, ``torch-compile``, ``torch-cudagraph``,
+    ``onnxruntime`` (the device's own provider: CPU or CUDA), ``onnxruntime-tensorrt``."""
+    if backend == "torch":
+        return "torch" if mode in (None, "eager") else f"torch-{mode}"
+    return "onnxruntime-tensorrt" if provider == "tensorrt" else "onnxruntime"
+
+
+def ort_provider(device: str | torch.device, provider: str | None = None) -> str:
+    """The ONNX Runtime execution provider's full name for ``provider`` (default: the device's own)."""
+    _, key = runtime("onnxruntime", device, provider=provider)
+    return PROVIDERS[key]
+
+
+def ort_session(onnx_bytes_or_path: bytes | str | Path, *, device: str | torch.device = "cpu", threads: int = 1,
+                provider: str | None = None, fp16: bool = False):
     """An ``onnxruntime.InferenceSession`` set up for latency measurement.
 
     ORT_ENABLE_ALL, ``intra_op_num_threads=threads``, one inter-op thread, sequential execution, and
     spinning off (``session.intra_op.allow_spinning = "0"``: spinning workers otherwise keep burning CPU
-    after a run and slow whatever runs next). On a CUDA device the CUDAExecutionProvider must really be
-    used: ORT silently falls back to the CPU when its CUDA libraries fail to load, and that is an error here.
+    after a run and slow whatever runs next). On a CUDA device the requested provider (CUDA, or TensorRT
+    with CUDA behind it for the nodes TensorRT does not take) must really be used: ORT silently falls back
+    to the CPU when its CUDA libraries fail to load, and that is an error here.
     """
     import onnxruntime as ort
 
     device = torch.device(device)
     if threads < 1:
         raise ValueError(f"ort_session needs threads >= 1, got {threads}")
+    provider = ort_provider(device, provider)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -258,15 +314,17 @@ def ort_session(onnx_bytes_or_path: bytes | str | Path, *, device: str | torch.d
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only; ORT warns about every Cast/fallback otherwise
 
-    provider = ort_provider(device)
-    if provider == "CUDAExecutionProvider":
+    if provider != "CPUExecutionProvider":
         if provider not in ort.get_available_providers():
             raise RuntimeError(
-                f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu); "
+                f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu"
+                f"{' and TensorRT' if 'Tensorrt' in provider else ''}); "
                 f"available: {', '.join(ort.get_available_providers())}"
             )
         index = device.index if device.index is not None else torch.cuda.current_device()
         providers: list = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        if provider == "TensorrtExecutionProvider":
+            providers.insert(0, ("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": bool(fp16)}))
     else:
         providers = ["CPUExecutionProvider"]
 
@@ -316,15 +374,16 @@ def measure_module(
     dtype: str | torch.dtype = "fp32",
     n_inputs: int = 4,
     seed: int = 0,
+    mode: str | None = None,
+    provider: str | None = None,
 ) -> dict:
     """Latency of ``module`` on one input of ``input_shape`` (batch included) as ``summarize`` stats in ms.
 
-    The caller's module is not modified (a copy is cast and moved). ``backend`` is ``"torch"`` (eager)
-    or ``"onnxruntime"`` (fp32/fp16 only). ``threads`` is the CPU thread count (torch intra-op threads,
-    ORT intra-op threads).
+    The caller's module is not modified (a copy is cast and moved). ``backend`` is ``"torch"`` (run as
+    ``mode``) or ``"onnxruntime"`` (fp32/fp16 only, on ``provider``); see ``runtime``. ``threads`` is the
+    CPU thread count (torch intra-op threads, ORT intra-op threads).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    mode, provider = runtime(backend, device, mode, provider)
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -342,7 +401,8 @@ def measure_module(
     if backend == "onnxruntime":
         onnx_bytes = export_onnx_bytes(module, inputs[0])
         del module
-        session = ort_session(onnx_bytes, device=device, threads=threads)
+        session = ort_session(onnx_bytes, device=device, threads=threads, provider=provider,
+                              fp16=tdtype == torch.float16)
         fn, prepared, sync = _ort_timing_fn(session, inputs, device)
         return time_callable(fn, prepared, warmup=warmup, iterations=iterations, sync=sync)
 
@@ -352,6 +412,33 @@ def measure_module(
         torch.set_num_threads(int(threads))
     try:
         with torch.inference_mode():
-            return time_callable(module, inputs, warmup=warmup, iterations=iterations, sync=sync)
+            fn = _torch_runner(module, inputs[0], mode)
+            return time_callable(fn, inputs, warmup=max(warmup, 3 if mode == "compile" else 0),
+                                 iterations=iterations, sync=sync)
     finally:
         torch.set_num_threads(saved_threads)
+
+
+def _torch_runner(module: torch.nn.Module, example: torch.Tensor, mode: str) -> Callable[[torch.Tensor], Any]:
+    """What one timed call runs for a torch ``mode`` (called under ``inference_mode``)."""
+    if mode == "eager":
+        return module
+    if mode == "compile":
+        return torch.compile(module, dynamic=False)  # compiled by the first warm-up call
+    # cudagraph: warm up on a side stream (lazy init, cuDNN autotuning), capture once, replay per call.
+    static = example.clone()
+    stream = torch.cuda.Stream(device=example.device)
+    stream.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            module(static)
+    torch.cuda.current_stream(example.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        module(static)
+
+    def replay(x: torch.Tensor) -> None:
+        static.copy_(x)
+        graph.replay()
+
+    return replay

@@ -25,12 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.latency.penalty import LatencyModel
-from hwnas.latency.timing import measure_module
+from hwnas.latency.timing import PROVIDERS, measure_module
 from hwnas.spaces import Arch, atomic_write_text
 from hwnas.spaces.builder import build_child
 from hwnas.spaces.chain import ChainSpace
 
 log = logging.getLogger("hwnas.latency")
+
+
+def table_runtime(meta: dict) -> tuple[str | None, str | None]:
+    """``(mode, provider)`` a table was profiled with, as ``measure_module`` takes them."""
+    if meta.get("backend") == "torch":
+        return meta.get("mode") or "eager", None
+    names = {v: k for k, v in PROVIDERS.items()}
+    return None, names.get(meta.get("provider"), "cpu")
 
 
 def kendall_tau(x, y) -> float:
@@ -107,7 +115,8 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     whether to store the calibration in the table (``table.meta["calibration"]``)."""
     meta = table.meta
     backend, threads = meta["backend"], int(meta.get("threads", 1))
-    device = "cuda" if "cuda" in str(meta.get("provider", "")).lower() else "cpu"
+    mode, provider = table_runtime(meta)
+    device = (meta.get("device") or {}).get("type") or ("cpu" if provider in (None, "cpu") else "cuda")
     res, batch = int(meta["resolution"]), int(meta.get("batch", 1))
     model = LatencyModel(table, space, config)
     archs = sample_archs(space, config, samples, seed)
@@ -117,7 +126,8 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     for i, tokens in enumerate(archs):
         net = build_child(Arch(space.name, config, tokens))
         stats = measure_module(net, (batch, 3, res, res), backend=backend, device=device, threads=threads,
-                               warmup=warmup, iterations=iterations, dtype=meta.get("dtype", "fp32"))
+                               warmup=warmup, iterations=iterations, dtype=meta.get("dtype", "fp32"),
+                               mode=mode, provider=provider)
         rows.append({"index": i, "predicted_sum_ms": model.of_tokens(tokens), "measured_p50_ms": stats["p50"],
                      "measured_p10_ms": stats["p10"], "measured_p90_ms": stats["p90"], "arch": " ".join(tokens)})
         if progress:
