@@ -121,7 +121,8 @@ def cmd_profile(args) -> int:
         dtype=args.dtype, threads=threads, root=args.out, mode=args.mode, provider=args.provider)
     table = profile_space(space, config, path, device=device, backend=args.backend, batch=args.batch,
                           dtype=args.dtype, threads=threads, warmup=args.warmup, iterations=args.iterations,
-                          progress=_profile_progress(space.name), mode=args.mode, provider=args.provider)
+                          progress=_profile_progress(space.name), mode=args.mode, provider=args.provider,
+                          rounds=args.rounds, statistic=args.statistic)
     _print_range(table, space, config)
     print(f"latency table: {path} ({len(table)} rows)")
     return 0
@@ -250,10 +251,11 @@ def cmd_export(args) -> int:
           f"weights: {rep.weights or 'random init'}")
     if rep.measured_ms:
         m = rep.measured_ms
-        line = f"measured latency (ONNX Runtime CPU): p50 {m['p50']:.3f} ms [p10 {m['p10']:.3f}, p90 {m['p90']:.3f}]"
+        line = f"measured latency (ONNX Runtime CPU): p10 {m['p10']:.3f} ms, p50 {m['p50']:.3f} ms, p90 {m['p90']:.3f} ms"
         if rep.predicted_ms is not None:
-            err = (rep.predicted_ms - m["p50"]) / m["p50"] * 100
-            line += f"; predicted {rep.predicted_ms:.3f} ms ({err:+.1f}%)"
+            stat = table.statistic  # the prediction is of the table's statistic: compare like with like
+            err = (rep.predicted_ms - m[stat]) / m[stat] * 100
+            line += f"; predicted {rep.predicted_ms:.3f} ms ({err:+.1f}% against the measured {stat})"
         print(line)
     return 0
 
@@ -378,13 +380,13 @@ def _latency_validate(args, table) -> int:
 
     def progress(i, n):
         if "bar" not in state:
-            state["bar"] = Progress(n, "measure networks")
+            state["bar"] = Progress(n, "prepare, then time networks")
         state["bar"].update(1)
         if i == n:
             state["bar"].close()
 
     rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
-                   progress=progress)
+                   rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, progress=progress)
     for name, fig in (("plain sum", rep.before), ("calibrated", rep.after)):
         print(f"{name:>10}: {fig['within_5pct']:.0%} within +-5%, {fig['within_10pct']:.0%} within +-10%, "
               f"MAPE {fig['mape']:.1%}, mean error {fig['mean_signed_error']:+.1%}, Kendall tau {fig['kendall_tau']:.3f} "
@@ -438,8 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
                    help="root directory of latency tables (default %(default)s)")
     p.add_argument("--table", default=None, help="exact output path (overrides --out's layout)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls before a block's first round (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per block, all rounds (default %(default)s)")
+    p.add_argument("--statistic", default="p10", choices=["p10", "p50", "mean", "p90"],
+                   help="the column predictions read (default %(default)s: latency without interference)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds the calls are spread over, against slow spells of the machine (default %(default)s)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("search", help="latency-aware architecture search")
@@ -505,9 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("validate", help="measure random networks end to end vs the table; fit a calibration")
     q.add_argument("--table", required=True)
-    q.add_argument("--samples", type=int, default=100)
+    q.add_argument("--samples", type=int, default=100, help="random networks; half fit the calibration (default %(default)s)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--iterations", type=int, default=50)
+    q.add_argument("--iterations", type=int, default=50, help="timed calls per network, all rounds (default %(default)s)")
+    q.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default %(default)s)")
+    q.add_argument("--sampling", default="spread", choices=["spread", "uniform"],
+                   help="spread: random networks across the space's latency range; uniform: each layer uniform "
+                        "(they cluster near the mean) (default %(default)s)")
+    q.add_argument("--warmup", type=int, default=10)
     q.add_argument("--out", default=None, help="report directory (default runs/<stamp>-validate-<space>)")
     q.add_argument("--runs", default="runs")
     q.add_argument("--no-store", action="store_true", help="do not store the calibration in the table")

@@ -18,7 +18,9 @@ from hwnas.device import DeviceError, device_info, device_slug, resolve_device
 from hwnas.latency.profiler import BlockSpec, profile_blocks
 from hwnas.latency.table import LatencyTable, LatencyTableError
 from hwnas.latency.timing import (
+    Runner,
     export_onnx_bytes,
+    measure_interleaved,
     measure_module,
     ort_session,
     random_inputs,
@@ -157,6 +159,43 @@ def test_measure_module_compile_mode_runs_the_compiled_block(monkeypatch):
     assert compiled == ["Sequential"] and s["count"] == 4 and 0 < s["p50"] < 1000
 
 
+class ScriptedRunner:
+    """Stands in for a Runner: round r returns ``values[r]`` for every call, and records its calls."""
+
+    def __init__(self, values):
+        self.values, self.calls = list(values), []
+
+    def samples(self, iterations, warmup=0):
+        self.calls.append((iterations, warmup))
+        return np.full(iterations, self.values[len(self.calls) - 1], dtype=np.float64)
+
+
+def test_measure_interleaved_pools_rounds_and_outvotes_a_slow_spell():
+    steady, spelled = ScriptedRunner([1.0] * 5), ScriptedRunner([1.0, 9.0, 1.0, 1.0, 1.0])
+    seen = []
+    stats = measure_interleaved([steady, spelled], warmup=7, iterations=23, rounds=5,
+                                progress=lambda d, n: seen.append((d, n)))
+    assert steady.calls == [(5, 7), (5, 3), (5, 3), (5, 3), (5, 3)]  # ceil(23/5) per round; re-warm later rounds
+    assert stats[0]["count"] == 25 and stats[0]["p50"] == 1.0
+    assert stats[1]["p50"] == 1.0 and stats[1]["mean"] == pytest.approx(13.0 / 5)  # the spell moves the mean only
+    assert seen == [(i, 10) for i in range(1, 11)]
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        measure_interleaved([steady], warmup=0, iterations=1, rounds=0)
+
+
+def test_measure_interleaved_spreads_rounds_in_time():
+    started = time.perf_counter()
+    measure_interleaved([ScriptedRunner([1.0] * 3)], warmup=0, iterations=3, rounds=3, min_round_s=0.2)
+    assert time.perf_counter() - started >= 0.4  # two pauses between three rounds, none after the last
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_runner_is_prepared_once_and_reused(backend):
+    runner = Runner(tiny_block(), (1, 4, 8, 8), backend=backend, threads=1)
+    a, b = runner.samples(3, 1), runner.samples(5)
+    assert a.shape == (3,) and b.shape == (5,) and (a > 0).all() and (b > 0).all()
+
+
 # --------------------------------------------------------------------------------------------- ONNX Runtime
 
 
@@ -268,6 +307,21 @@ def test_profile_blocks_resumes_after_a_kill(tmp_path):
 
     with pytest.raises(LatencyTableError, match=r"mode 'eager' \(table\) != 'compile' \(now\)"):
         profile_blocks(third.specs(), path, meta=META, **{**FAST, "mode": "compile"})
+
+
+def test_profile_blocks_in_rounds_saves_whole_chunks(tmp_path):
+    path = tmp_path / "t.csv"
+    builds = Builds(fail={"c4"})
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        profile_blocks(builds.specs(), path, meta=META, rounds=2, chunk=2, min_round_s=0.0, **FAST)
+    assert list(LatencyTable.load(path).df.index) == ["c2", "c3"]  # the first chunk landed whole
+    seen = []
+    table = profile_blocks(Builds().specs(), path, meta=META, rounds=2, chunk=2, min_round_s=0.0,
+                           progress=lambda i, n, sig: seen.append((i, n, sig)), **FAST)
+    assert seen == [(1, 1, "c4")] and table.df.loc["c4", "count"] == 4  # ceil(3/2) calls x 2 rounds
+    assert json.loads(path.with_suffix(".json").read_text())["rounds"] == 2
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        profile_blocks(Builds().specs(), tmp_path / "u.csv", meta=META, rounds=0, **FAST)
 
 
 def test_profile_blocks_records_provider_and_mode(tmp_path):

@@ -70,13 +70,36 @@ def test_sample_archs_are_valid_distinct_and_seeded():
     assert all(t in p.choices for arch in a for t, p in zip(arch, plan.layers))
 
 
+def test_spread_sampling_covers_the_range_uniform_does_not():
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25})
+    model = LatencyModel(synthetic_table(space, cfg), space, cfg)
+    (lo, _), (hi, _) = model.extremes()
+    plan = space.plan(cfg)
+    spans = {}
+    for sampling in ("uniform", "spread"):
+        archs = sample_archs(space, cfg, 200, seed=2, sampling=sampling, model=model)
+        assert len({tuple(a) for a in archs}) == 200
+        assert all(t in p.choices for a in archs for t, p in zip(a, plan.layers, strict=True))
+        lat = np.array([model.of_tokens(a) for a in archs])
+        spans[sampling] = (np.percentile(lat, 95) - np.percentile(lat, 5)) / (hi - lo)
+    assert spans["spread"] > 0.6 and spans["spread"] > 2 * spans["uniform"], spans
+    with pytest.raises(ValueError, match="needs the latency model"):
+        sample_archs(space, cfg, 2, sampling="spread")
+    with pytest.raises(ValueError, match="unknown sampling 'grid'"):
+        sample_archs(space, cfg, 2, sampling="grid", model=model)
+
+
 def test_validate_end_to_end_on_a_small_real_table(tmp_path):
     space = get_space("proxyless")
     cfg = space.resolve_config({"width_mult": 0.25, "resolution": 64})
     table = profile_space(space, cfg, tmp_path / "t.csv", device=__import__("torch").device("cpu"),
-                          backend="torch", threads=1, warmup=1, iterations=5)
+                          backend="torch", threads=1, warmup=1, iterations=5, rounds=2)
     table = LatencyTable.load(tmp_path / "t.csv")
-    rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5)
+    seen = []
+    rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5, rounds=2,
+                   progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(d, 24) for d in range(1, 25)]  # 8 networks prepared, then 8 x 2 rounds timed
     assert rep.samples == 8 and rep.holdout == 4 and rep.calibration["fit_samples"] == 4
     for fig in (rep.before, rep.after):
         assert 0 <= fig["within_10pct"] <= 1 and -1 <= fig["kendall_tau"] <= 1 and fig["n"] == 4

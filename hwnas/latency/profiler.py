@@ -18,7 +18,7 @@ import torch
 
 from hwnas.device import device_info
 from hwnas.latency.table import LatencyTable, LatencyTableError, library_versions, table_files
-from hwnas.latency.timing import PROVIDERS, measure_module, runtime
+from hwnas.latency.timing import PROVIDERS, Runner, measure_interleaved, runtime, summarize
 
 __all__ = ["BlockSpec", "profile_blocks", "provider_name"]
 
@@ -97,7 +97,7 @@ def _open_table(path, meta: dict) -> LatencyTable:
             f"latency table {csv_path} was profiled with other settings: {'; '.join(diffs)}; "
             "write to another path or delete it"
         )
-    for key in ("warmup", "iterations"):
+    for key in ("warmup", "iterations", "rounds"):
         if key in meta and table.meta.get(key) != meta[key]:
             log.warning("resuming %s with %s=%s (its rows so far used %s)", csv_path, key, meta[key], table.meta.get(key))
     now_versions = {k: v for k, v in library_versions().items() if k != "hwnas"}
@@ -107,6 +107,12 @@ def _open_table(path, meta: dict) -> LatencyTable:
     for key, value in meta.items():
         table.meta.setdefault(key, value)  # new caller keys join; the table's own settings stay
     return table
+
+
+def _note_failure(e: BaseException, block: BlockSpec, done: int, total: int, path) -> None:
+    log.error("profiling block %r failed (%d of %d measured this run)", block.signature, done, total)
+    if hasattr(e, "add_note"):  # python >= 3.11
+        e.add_note(f"while profiling block {block.signature!r} into {table_files(path)[0]}")
 
 
 def profile_blocks(
@@ -124,18 +130,32 @@ def profile_blocks(
     only_missing: bool = True,
     mode: str | None = None,
     provider: str | None = None,
+    rounds: int = 1,
+    chunk: int = 32,
+    min_round_s: float = 1.0,
+    statistic: str = "p50",
 ) -> LatencyTable:
     """Measure ``blocks`` into the table at ``path`` (its .csv, .json or stem) and return the table.
 
     ``meta`` supplies the caller's sidecar keys (at least ``space``, ``resolution``, ``batch``; any extra
-    keys are kept); the profiler adds backend, mode (torch), provider, device (``device_info``), threads, dtype,
+    keys are kept); the profiler adds backend, mode (torch), provider, the ``statistic`` predictions read
+    (``p10``/``p50``/...), device (``device_info``), threads, dtype,
     warmup, iterations and provenance. If the table exists it is resumed: it must have been profiled
     with the same space/shape/dtype/backend/provider/threads/device (else ``LatencyTableError``), and
     with ``only_missing`` only the signatures it lacks are measured. Blocks are deduplicated by
-    signature. The table is saved after every block. ``progress(i, n, signature)`` is called after the
-    i-th of the n blocks being measured (1-based).
+    signature. ``progress(i, n, signature)`` is called after the i-th of the n blocks being measured
+    (1-based; with rounds, after it is prepared).
+
+    With ``rounds == 1`` each block is timed in one burst of ``iterations`` calls and saved at once.
+    With ``rounds > 1`` the blocks are prepared ``chunk`` at a time and each chunk is timed by
+    ``measure_interleaved`` (``rounds`` rounds, each at least ``min_round_s`` long, ``iterations`` calls
+    per block in all), then its rows are saved together: a slow spell of the machine then lands in a
+    few rounds of many blocks instead of all the calls of one, and a killed profile loses at most one
+    chunk.
     """
     mode, provider = runtime(backend, device, mode, provider)
+    if rounds < 1 or chunk < 1:
+        raise ValueError(f"profile needs rounds >= 1 and chunk >= 1, got {rounds} and {chunk}")
     device = torch.device(device)
     full_meta = {
         **meta,
@@ -147,6 +167,8 @@ def profile_blocks(
         "threads": int(threads),
         "warmup": int(warmup),
         "iterations": int(iterations),
+        "rounds": int(rounds),
+        "statistic": statistic,
     }
     table = _open_table(path, full_meta)
     unique = _dedupe(blocks)
@@ -163,26 +185,38 @@ def profile_blocks(
         return table
 
     started = time.perf_counter()
-    for i, block in enumerate(todo, start=1):
-        t0 = time.perf_counter()
+    done = 0
+    for first in range(0, len(todo), chunk):
+        part = todo[first:first + chunk]
+        runners = []
+        for block in part:
+            try:
+                runners.append(Runner(block.build(), block.input_shape, backend=backend, device=device,
+                                      threads=threads, dtype=dtype, mode=mode, provider=provider))
+                if rounds == 1:  # one burst per block, measured and saved as soon as it is ready
+                    stats = summarize(runners.pop().samples(iterations, warmup))
+                    table.add(block.signature, stats)
+                    table.save(path)
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(todo), block.signature)
+            except Exception as e:
+                _note_failure(e, block, done, len(todo), path)
+                raise
+            if rounds > 1 and progress is not None:  # preparing (export, session) is the slow part
+                progress(first + len(runners), len(todo), block.signature)
+        if rounds == 1:
+            continue
         try:
-            module = block.build()
-            stats = measure_module(
-                module, block.input_shape, backend=backend, device=device, threads=threads,
-                warmup=warmup, iterations=iterations, dtype=dtype, mode=mode, provider=provider,
-            )
+            stats = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
+                                        min_round_s=min_round_s)
         except Exception as e:
-            log.error("profiling block %r failed (%d of %d measured this run)", block.signature, i - 1, len(todo))
-            if hasattr(e, "add_note"):  # python >= 3.11
-                e.add_note(f"while profiling block {block.signature!r} into {table_files(path)[0]}")
+            _note_failure(e, part[0], done, len(todo), path)
             raise
-        table.add(block.signature, stats)
-        table.save(path)
-        log.debug(
-            "%s: p50 %.4f ms (p10 %.4f, p90 %.4f) in %.2f s",
-            block.signature, stats["p50"], stats["p10"], stats["p90"], time.perf_counter() - t0,
-        )
-        if progress is not None:
-            progress(i, len(todo), block.signature)
+        for block, row in zip(part, stats, strict=True):
+            table.add(block.signature, row)
+            log.debug("%s: p50 %.4f ms (p10 %.4f, p90 %.4f)", block.signature, row["p50"], row["p10"], row["p90"])
+        table.save(path)  # the chunk's rows at once, atomically
+        done += len(part)
     log.info("profiled %d blocks in %.1f s into %s", len(todo), time.perf_counter() - started, table.path)
     return table

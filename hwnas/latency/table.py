@@ -25,11 +25,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+
+from hwnas.fsio import atomic_write_text
 
 __all__ = [
     "FORMAT",
@@ -264,8 +265,8 @@ class LatencyTable:
         out = self.df.reset_index()[list(COLUMNS)]
         meta = {k: self.meta[k] for k in _META_ORDER if k in self.meta}
         meta.update((k, v) for k, v in self.meta.items() if k not in meta)
-        _atomic_write(json_path, json.dumps(meta, indent=2, default=str) + "\n")
-        _atomic_write(csv_path, out.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(json_path, json.dumps(meta, indent=2, default=str) + "\n")
+        atomic_write_text(csv_path, out.to_csv(index=False, lineterminator="\n"))
         self.path = csv_path
         return csv_path
 
@@ -330,33 +331,6 @@ class LatencyTable:
             self.df = df
         else:
             self.df.loc[signature, list(STAT_COLUMNS)] = [row[c] for c in STAT_COLUMNS]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, fsync it, then ``os.replace`` it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------------------------- checks

@@ -52,6 +52,9 @@ __all__ = [
     "ort_session",
     "ort_provider",
     "measure_module",
+    "Runner",
+    "measure_interleaved",
+    "sample_callable",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,20 @@ def time_callable(
     iterations: int,
     sync: Callable[[], Any] | None = None,
 ) -> dict:
-    """Time ``fn(inputs[i % len(inputs)])`` and return ``summarize`` of the per-call times in ms.
+    """Time ``fn(inputs[i % len(inputs)])`` and return ``summarize`` of the per-call times in ms
+    (``sample_callable``'s samples)."""
+    return summarize(sample_callable(fn, inputs, warmup=warmup, iterations=iterations, sync=sync))
+
+
+def sample_callable(
+    fn: Callable[[Any], Any],
+    inputs: list,
+    *,
+    warmup: int,
+    iterations: int,
+    sync: Callable[[], Any] | None = None,
+) -> np.ndarray:
+    """Per-call times in ms of ``fn(inputs[i % len(inputs)])``.
 
     ``warmup`` untimed calls run first, then ``iterations`` timed calls; both loops start at input 0 and
     rotate through ``inputs`` (so with ``iterations`` a multiple of ``len(inputs)`` every input is timed
@@ -131,7 +147,7 @@ def time_callable(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return summarize(samples / 1e6)
+    return samples / 1e6
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -362,6 +378,91 @@ def _ort_timing_fn(session, inputs: list[torch.Tensor], device: torch.device):
     return (lambda b: session.run_with_iobinding(b[0])), bindings, torch.cuda.synchronize
 
 
+class Runner:
+    """A module made ready once for timing on a backend; ``samples(iterations, warmup)`` times it.
+
+    Preparing (copy, cast, ONNX export and session, ``torch.compile``, CUDA-graph capture) happens in the
+    constructor and on the first call, so a caller can time many prepared modules in interleaved rounds:
+    a short slow spell of the machine (another tenant, a frequency change) then hits one round of each
+    module rather than every call of one module (see ``measure_interleaved``).
+    """
+
+    def __init__(self, module: torch.nn.Module, input_shape: Sequence[int], *, backend: str,
+                 device: str | torch.device = "cpu", threads: int, dtype: str | torch.dtype = "fp32",
+                 n_inputs: int = 4, seed: int = 0, mode: str | None = None, provider: str | None = None):
+        self.mode, self.provider = runtime(backend, device, mode, provider)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        tdtype = torch_dtype(dtype)
+        if backend == "onnxruntime" and tdtype not in _ORT_ELEMENT_TYPES:
+            raise ValueError(f"backend onnxruntime supports fp32 and fp16, not {dtype}; use --backend torch for bf16")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.backend, self.device, self.threads, self._warm = backend, device, int(threads), False
+        module = copy.deepcopy(module).eval().to(device=device, dtype=tdtype)
+        inputs = random_inputs(input_shape, n_inputs, dtype=tdtype, device=device, seed=seed)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # inputs and weights are in place before anything runs
+        if backend == "onnxruntime":
+            onnx_bytes = export_onnx_bytes(module, inputs[0])
+            del module
+            session = ort_session(onnx_bytes, device=device, threads=threads, provider=self.provider,
+                                  fp16=tdtype == torch.float16)
+            self._fn, self._inputs, self._sync = _ort_timing_fn(session, inputs, device)
+            self._session = session
+        else:
+            self._module, self._inputs = module, inputs
+            self._sync = torch.cuda.synchronize if device.type == "cuda" else None
+            self._fn = None  # built on the first call, inside inference_mode and the thread setting
+
+    def samples(self, iterations: int, warmup: int = 0) -> np.ndarray:
+        """``iterations`` per-call times in ms after ``warmup`` untimed calls (at least 3 on the first
+        call of a compiled module, which compiles it)."""
+        if self.backend == "onnxruntime":
+            return sample_callable(self._fn, self._inputs, warmup=warmup, iterations=iterations, sync=self._sync)
+        saved_threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                if self._fn is None:
+                    self._fn = _torch_runner(self._module, self._inputs[0], self.mode)
+                if not self._warm and self.mode == "compile":
+                    warmup = max(warmup, 3)
+                self._warm = True
+                return sample_callable(self._fn, self._inputs, warmup=warmup, iterations=iterations, sync=self._sync)
+        finally:
+            torch.set_num_threads(saved_threads)
+
+
+def measure_interleaved(runners: Sequence[Runner], *, warmup: int, iterations: int, rounds: int,
+                        min_round_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """``summarize`` stats per runner of ``iterations`` timed calls (at least), taken in ``rounds``
+    interleaved rounds: each round times every runner for ``ceil(iterations / rounds)`` calls after
+    untimed ones (``warmup`` in the first round, ``min(warmup, 3)`` later, to re-warm the caches the
+    other runners used). A round shorter than ``min_round_s`` is followed by a pause to fill it, so the
+    rounds are spread in time. The samples of all rounds are pooled: the median then ignores a slow
+    spell of the machine that hits fewer than half of the rounds, where one burst of calls would take
+    it whole. ``progress(done, total)`` counts runner-rounds."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    per_round = -(-int(iterations) // rounds)
+    pooled: list[list[np.ndarray]] = [[] for _ in runners]
+    total, done = rounds * len(runners), 0
+    for r in range(rounds):
+        started = time.perf_counter()
+        for i, runner in enumerate(runners):
+            pooled[i].append(runner.samples(per_round, warmup if r == 0 else min(warmup, 3)))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        spare = min_round_s - (time.perf_counter() - started)
+        if spare > 0 and r + 1 < rounds:
+            time.sleep(spare)
+    return [summarize(np.concatenate(p)) for p in pooled]
+
+
 def measure_module(
     module: torch.nn.Module,
     input_shape: Sequence[int],
@@ -383,40 +484,9 @@ def measure_module(
     ``mode``) or ``"onnxruntime"`` (fp32/fp16 only, on ``provider``); see ``runtime``. ``threads`` is the
     CPU thread count (torch intra-op threads, ORT intra-op threads).
     """
-    mode, provider = runtime(backend, device, mode, provider)
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    tdtype = torch_dtype(dtype)
-    if backend == "onnxruntime" and tdtype not in _ORT_ELEMENT_TYPES:
-        raise ValueError(f"backend onnxruntime supports fp32 and fp16, not {dtype}; use --backend torch for bf16")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-
-    module = copy.deepcopy(module).eval().to(device=device, dtype=tdtype)
-    inputs = random_inputs(input_shape, n_inputs, dtype=tdtype, device=device, seed=seed)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # inputs and weights are in place before anything runs
-
-    if backend == "onnxruntime":
-        onnx_bytes = export_onnx_bytes(module, inputs[0])
-        del module
-        session = ort_session(onnx_bytes, device=device, threads=threads, provider=provider,
-                              fp16=tdtype == torch.float16)
-        fn, prepared, sync = _ort_timing_fn(session, inputs, device)
-        return time_callable(fn, prepared, warmup=warmup, iterations=iterations, sync=sync)
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    saved_threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(int(threads))
-    try:
-        with torch.inference_mode():
-            fn = _torch_runner(module, inputs[0], mode)
-            return time_callable(fn, inputs, warmup=max(warmup, 3 if mode == "compile" else 0),
-                                 iterations=iterations, sync=sync)
-    finally:
-        torch.set_num_threads(saved_threads)
+    runner = Runner(module, input_shape, backend=backend, device=device, threads=threads, dtype=dtype,
+                    n_inputs=n_inputs, seed=seed, mode=mode, provider=provider)
+    return summarize(runner.samples(iterations, warmup))
 
 
 def _torch_runner(module: torch.nn.Module, example: torch.Tensor, mode: str) -> Callable[[torch.Tensor], Any]:
