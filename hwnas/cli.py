@@ -150,9 +150,7 @@ def _print_range(table, space, config) -> None:
 
 # -- search --------------------------------------------------------------------------------------
 def cmd_search(args) -> int:
-    from hwnas.device import device_slug, resolve_device
-    from hwnas.latency.space_tables import default_threads, ensure_table, load_table_for
-    from hwnas.latency.table import device_mismatch_warning
+    from hwnas.device import resolve_device
     from hwnas.search import Search, SearchConfig, load_search_config, new_run_dir
 
     if args.resume:
@@ -170,15 +168,37 @@ def cmd_search(args) -> int:
                            config=_config_overrides(args), options=_method_options(args))
         cfg.validate()
         run_dir = new_run_dir(args.runs, cfg.method, cfg.space)
+
+    def record(path, table):
+        cfg.table = str(path)
+        cfg.table_device = (table.meta.get("device") or {}).get("slug")
+
+    table_for = _table_callback(args, cfg.table if args.resume else args.latency_table, record)
+    search = Search(cfg, run_dir, table=table_for, progress=Progress)  # validates all inputs first
+    _log_to_file(run_dir / "log.txt")
+    log.info("run directory: %s", run_dir)
+    summary = search.run()
+    _print_summary(search, summary)
+    return 0
+
+
+def _table_callback(args, explicit, record=None):
+    """The search's ``table(space, deploy_config)`` callback: the table at ``explicit`` (checked against
+    the search, with a warning when it was profiled on another device), else this machine's table for
+    the space, profiled where rows are missing (unless --no-profile). ``record(path, table)`` is told
+    which table was used."""
+    from hwnas.device import device_slug, resolve_device
+    from hwnas.latency.space_tables import default_threads, ensure_table, load_table_for
+    from hwnas.latency.table import device_mismatch_warning
+
     lat_device = resolve_device(args.latency_device)
     threads = args.threads or default_threads()
 
     def table_for(space, deploy_config):
-        if args.no_latency:
+        if getattr(args, "no_latency", False):
             return None
-        explicit = cfg.table if args.resume else args.latency_table
         if explicit:
-            table = load_table_for(space, deploy_config, explicit, batch=args.batch, dtype=args.dtype)
+            table, path = load_table_for(space, deploy_config, explicit, batch=args.batch, dtype=args.dtype), explicit
             warn = device_mismatch_warning(table, device_slug(lat_device, threads if lat_device.type == "cpu" else None))
             if warn:
                 log.warning(warn)
@@ -187,16 +207,36 @@ def cmd_search(args) -> int:
                                        dtype=args.dtype, threads=threads, root=args.tables,
                                        progress=_profile_progress(space.name), profile_missing=not args.no_profile,
                                        mode=args.mode, provider=args.provider)
-            explicit = str(path)
-        cfg.table = str(explicit)
-        cfg.table_device = (table.meta.get("device") or {}).get("slug")
+        if record is not None:
+            record(path, table)
         return table
 
-    search = Search(cfg, run_dir, table=table_for, progress=Progress)  # validates all inputs first
-    _log_to_file(run_dir / "log.txt")
-    log.info("run directory: %s", run_dir)
-    summary = search.run()
-    _print_summary(search, summary)
+    return table_for
+
+
+def cmd_compare(args) -> int:
+    from hwnas.compare import CompareConfig, compare
+    from hwnas.device import resolve_device
+
+    cfg = CompareConfig(methods=args.methods, space=args.space, latency_target=args.latency_target,
+                        epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                        train_epochs=args.train_epochs, random_archs=args.random, seed=args.seed, data=args.data,
+                        data_root=args.data_root, config=_config_overrides(args),
+                        device=str(resolve_device(args.device)))
+    out = Path(args.out or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-compare-{args.space}")
+    fresh = not out.exists()
+    _log_to_file(out / "log.txt")
+    log.info("compare directory: %s", out)
+    try:
+        rows = compare(cfg, out, _table_callback(args, args.latency_table), progress=Progress)
+    except Exception:
+        if fresh and not any(p.is_dir() for p in out.iterdir()):  # refused before any entry started
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    print((Path(out) / "report.md").read_text())
+    print(f"report: {out}/report.md, report.csv, accuracy_vs_latency.png ({len(rows)} entries)")
     return 0
 
 
@@ -206,6 +246,8 @@ def _method_options(args) -> dict:
         opts["loss"] = args.loss
     if args.arch_lr is not None:
         opts["arch_lr"] = args.arch_lr
+    if args.no_fused:
+        opts["fused"] = False
     return opts
 
 
@@ -467,12 +509,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-every", type=int, default=1, help="an architecture step every N weight steps")
     p.add_argument("--arch-lr", type=float, default=None)
     p.add_argument("--loss", default=None, choices=["mul#log", "add#linear"], help="latency loss form")
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable), e.g. tau0=5.0 target_step=0.05")
+    p.add_argument("--no-fused", action="store_true",
+                   help="fbnet, spnas: run the pure-torch references instead of the fused kernels (to compare the two)")
     p.add_argument("--device", default="auto", help="where to train: auto (CUDA if present), cpu, cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs", help="where run directories go (default %(default)s)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed search")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("compare", help="methods side by side on one setting, against random search")
+    p.add_argument("--methods", nargs="+", default=["proxyless", "fbnet", "spnas"], choices=sorted(STRATEGIES))
+    _add_space_opts(p, space_default="spnas")
+    p.add_argument("--latency-target", default="50%", help="a binding target (default %(default)s)")
+    p.add_argument("--latency-table", default=None)
+    p.add_argument("--latency-device", default="cpu")
+    _add_table_opts(p)
+    p.add_argument("--no-profile", action="store_true", help="fail instead of profiling a missing table")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=16, help="search epochs per method (default %(default)s)")
+    p.add_argument("--warmup-epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-epochs", type=int, default=10, help="from-scratch training of every architecture")
+    p.add_argument("--random", type=int, default=3, help="random architectures in the window (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out", default=None, help="report directory (default runs/<stamp>-compare-<space>); "
+                                               "an existing one is resumed")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="export an architecture as ONNX, checked and measured")
     p.add_argument("--arch", default=None, help="run directory, arch.json or preset (default: the latest run)")

@@ -221,6 +221,7 @@ class Search:
         search_arch = self.epoch >= cfg.warmup_epochs
         val_iter = iter(self.val_loader)
         t0, losses, correct, seen, arch_metrics = time.perf_counter(), [], 0, 0, []
+        s.on_epoch_start(self.epoch)
         s.supernet.train()
         for step, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device), y.to(self.device)
@@ -270,7 +271,8 @@ class Search:
         path = self.run_dir / "metrics.csv"
         new = not path.exists()
         fields = ["epoch", "phase", "train_loss", "train_acc", "val_acc_argmax", "lr", "seconds",
-                  "arch_loss", "arch_ce", "expected_latency_ms", "argmax_latency_ms"]
+                  "arch_loss", "arch_ce", "expected_latency_ms", "argmax_latency_ms", "latency_multiplier",
+                  "temperature"]
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ._common import KERNEL_DTYPES, empty, next_pow2, on_interpreter, tl, triton, use_triton
 
-__all__ = ["masked_dwconv", "masked_dwconv_reference", "superkernel_gates"]
+__all__ = ["indicator", "masked_dwconv", "masked_dwconv_reference", "superkernel_gates", "superkernel_margins"]
 
 # stats buffer written by the gates kernel (fp32): the indicator arguments z = s - t, the indicators,
 # and the 2x3 table S[half, ring] = sum of w^2 (ring 0: inner 3x3, 1: 5x5 minus 3x3, 2: 7x7 minus 5x5).
@@ -434,6 +434,46 @@ def _st_step(z: Tensor) -> Tensor:
     return (z > 0).to(z.dtype) + (s - s.detach())
 
 
+def superkernel_margins(
+    weight: Tensor, t_kernel: Tensor | None, t_expand: Tensor | None, channel_split: int | None = None,
+    t_skip: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """The indicator arguments ``z = ||.||^2 - t`` of a ``(C, 1, K, K)`` superkernel: ``(z5, z7, z_e6, z_skip)``,
+    differentiable in ``weight`` and the thresholds; ``None`` where there is no such threshold (or no
+    7x7 ring). ``z_e6`` and ``z_skip`` are taken on the kernel-size-masked weight ``w_k`` (hard masks,
+    straight-through): ``z_e6`` on its channels from ``channel_split`` on, ``z_skip`` on the channels
+    before it -- the paper's skip decision ``1(||w_{k,e3}||^2 > t_e3)``, which a block applies to its
+    residual branch (see the module docstring).
+    """
+    K = weight.shape[-1]
+    C = weight.shape[0]
+    split = C // 2 if channel_split is None else channel_split
+    masks = _ring_masks(K, weight.dtype, weight.device)
+    sq = weight.square().sum(dim=1)  # (C, K, K)
+    one = torch.ones((), dtype=weight.dtype, device=weight.device)
+    z5 = z7 = ze = zs = None
+    d5 = d7 = one
+    if t_kernel is not None:
+        z5 = (sq * masks[1]).sum() - t_kernel[0].to(weight.dtype)
+        d5 = _st_step(z5)
+        if K == 7:
+            z7 = (sq * masks[2]).sum() - t_kernel[1].to(weight.dtype)
+            d7 = _st_step(z7)
+    if t_expand is not None or t_skip is not None:
+        mk = masks[0] + d5 * masks[1] + d5 * d7 * masks[2]
+        if t_expand is not None:
+            ze = (weight[split:] * mk).square().sum() - t_expand.reshape(()).to(weight.dtype)
+        if t_skip is not None:
+            zs = (weight[:split] * mk).square().sum() - t_skip.reshape(()).to(weight.dtype)
+    return z5, z7, ze, zs
+
+
+def indicator(z: Tensor | None) -> Tensor | None:
+    """``1(z > 0)`` in value with the gradient of ``sigmoid(z)`` (the straight-through indicator of
+    Single-Path NAS); ``None`` stays ``None``."""
+    return None if z is None else _st_step(z)
+
+
 def superkernel_gates(
     weight: Tensor, t_kernel: Tensor | None, t_expand: Tensor | None, channel_split: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -446,21 +486,9 @@ def superkernel_gates(
     The latency term of the search loss (and a block's skip gate) uses these; the masked_dwconv kernel
     computes the same values internally.
     """
-    K = weight.shape[-1]
-    C = weight.shape[0]
-    split = C // 2 if channel_split is None else channel_split
-    masks = _ring_masks(K, weight.dtype, weight.device)
-    sq = weight.square().sum(dim=1)  # (C, K, K)
     one = torch.ones((), dtype=weight.dtype, device=weight.device)
-    d5, d7, de = one, one, one
-    if t_kernel is not None:
-        d5 = _st_step((sq * masks[1]).sum() - t_kernel[0].to(weight.dtype))
-        if K == 7:
-            d7 = _st_step((sq * masks[2]).sum() - t_kernel[1].to(weight.dtype))
-    if t_expand is not None:
-        mk = masks[0] + d5 * masks[1] + d5 * d7 * masks[2]
-        de = _st_step((weight[split:] * mk).square().sum() - t_expand.reshape(()).to(weight.dtype))
-    return d5, d7, de
+    z5, z7, ze, _ = superkernel_margins(weight, t_kernel, t_expand, channel_split)
+    return tuple(one if z is None else _st_step(z) for z in (z5, z7, ze))
 
 
 def masked_dwconv_reference(

@@ -19,3 +19,12 @@ class MixedOp(nn.Module):
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @classmethod
+    def build(cls, tokens: tuple[str, ...], make) -> "MixedOp":
+        """The mixed op of a layer; ``make(token)`` builds the plain child module of a candidate."""
+        return cls(tokens, [make(t) for t in tokens])
+
+    def child_state_dict(self, token: str) -> dict:
+        """The state dict of the plain child module ``token`` (``make(token)``'s layout)."""
+        return {k: v.clone() for k, v in self.candidates[self.tokens.index(token)].state_dict().items()}

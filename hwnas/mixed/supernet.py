@@ -19,8 +19,7 @@ class ChainSupernet(nn.Module):
         make = lambda part, token=None: space.make_module(part, token, cfg)  # noqa: E731
         self.stem = make(self.plan.stem)
         self.first = make(self.plan.first) if self.plan.first else nn.Identity()
-        self.mixed = nn.ModuleList(
-            mixed_op(p.choices, [make(p, t) for t in p.choices]) for p in self.plan.layers)
+        self.mixed = nn.ModuleList(mixed_op.build(p.choices, lambda t, p=p: make(p, t)) for p in self.plan.layers)
         self.head = make(self.plan.head)
         self.classifier = make(self.plan.classifier)
 
@@ -39,12 +38,7 @@ class ChainSupernet(nn.Module):
 
     def child_state_dict(self, tokens: list[str]) -> dict[str, torch.Tensor]:
         """The weights of the child ``tokens`` as a state dict for ``hwnas.spaces.builder.build_child``."""
-        out = {}
-        for name, t in self.state_dict().items():
-            if name.startswith("mixed."):
-                _, layer, _, cand, rest = name.split(".", 4)
-                if self.mixed[int(layer)].tokens[int(cand)] == tokens[int(layer)]:
-                    out[f"layers.{layer}.{rest}"] = t
-            else:
-                out[name] = t
+        out = {name: t for name, t in self.state_dict().items() if not name.startswith("mixed.")}
+        for i, (op, token) in enumerate(zip(self.mixed, tokens, strict=True)):
+            out.update({f"layers.{i}.{k}": v for k, v in op.child_state_dict(token).items()})
         return out

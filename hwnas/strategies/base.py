@@ -8,7 +8,13 @@ A strategy is an ``nn.Module`` that owns the supernet and its architecture param
 - ``sample_weight_path()`` then ``supernet(x)`` for a weight step on a training batch,
 - ``arch_step(x, y)`` for an architecture step on a validation batch (after warm-up),
 - ``set_eval_path(tokens)`` to evaluate one child inside the supernet,
-- ``log_probabilities()`` / ``derive()`` to read the architecture.
+- ``log_probabilities()`` / ``derive()`` to read the architecture,
+- ``on_epoch_start(epoch)`` before each epoch (schedules such as FBNet's temperature).
+
+The latency term is shared: ``objective(ce)`` returns the method's own loss form without a target
+(``unconstrained_loss``) and, with ``--latency-target``, the method's targeted form
+(``targeted_loss``) plus the Lagrange multiplier's penalty (``hwnas.latency.multiplier``), which a
+strategy advances with ``update_multiplier(E[LAT])`` after each architecture step.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas.latency.multiplier import LatencyMultiplier
 from hwnas.latency.penalty import LatencyModel, latency_loss
 from hwnas.mixed.base import MixedOp
 from hwnas.mixed.supernet import ChainSupernet
@@ -57,6 +64,8 @@ class Strategy(nn.Module, metaclass=ABCMeta):
         self.latency = latency
         self.target_ms = target_ms
         self.alpha = nn.ParameterList(nn.Parameter(torch.zeros(len(c))) for c in supernet.choices)
+        self.multiplier = (LatencyMultiplier(target_ms, step=self.options.get("target_step", 0.05))
+                           if latency is not None and target_ms is not None else None)
 
     @classmethod
     def build(cls, space, config: dict, resolution: int, num_classes: int, **kwargs) -> "Strategy":
@@ -83,13 +92,43 @@ class Strategy(nn.Module, metaclass=ABCMeta):
     def expected_latency(self) -> torch.Tensor | None:
         return None if self.latency is None else self.latency.expected(self.probabilities())
 
-    def objective(self, ce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(loss, E[LAT]): ``ce`` alone when no latency target binds, else the method's loss form."""
-        expected = self.expected_latency()
-        if expected is None or self.target_ms is None:
-            return ce, expected
+    def objective(self, ce: torch.Tensor, expected: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss, E[LAT]). ``expected`` defaults to ``expected_latency()`` (a method whose latency term uses
+        its samples rather than ``p``, like FBNet, passes its own). No table: ``ce``. No target: the
+        method's ``unconstrained_loss``. A target: ``targeted_loss`` plus the multiplier's penalty."""
+        if expected is None:
+            expected = self.expected_latency()
+        if expected is None:
+            return ce, None
+        if self.target_ms is None:
+            return self.unconstrained_loss(ce, expected), expected
+        return self.targeted_loss(ce, expected) + self._target_multiplier().penalty(expected), expected
+
+    def _target_multiplier(self) -> LatencyMultiplier:
+        if self.multiplier is None or self.multiplier.target_ms != float(self.target_ms):  # target set later
+            self.multiplier = LatencyMultiplier(self.target_ms, step=self.options.get("target_step", 0.05)).to(
+                self.arch_parameters()[0].device)
+        return self.multiplier
+
+    def unconstrained_loss(self, ce: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+        """The method's loss when no target is given (default: accuracy alone)."""
+        return ce
+
+    def targeted_loss(self, ce: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+        """The method's loss with a target, before the multiplier's penalty (default: ProxylessNAS's
+        forms with T as the reference latency, ``options["loss"]``)."""
         return latency_loss(ce, expected, self.target_ms, self.options.get("loss", "mul#log"),
-                            self.options.get("loss_params")), expected
+                            self.options.get("loss_params"))
+
+    def update_multiplier(self, expected: torch.Tensor | None) -> dict:
+        """Advance the latency multiplier after an architecture step; the metrics to log."""
+        if self.target_ms is None or expected is None:
+            return {}
+        return {"latency_multiplier": self._target_multiplier().update(expected)}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before epoch ``epoch`` (0-based), on resume too; schedules live here."""
 
     # -- steps (every method defines them) ---------------------------------------------------------
     @abstractmethod

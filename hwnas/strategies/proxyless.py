@@ -11,7 +11,8 @@
   offset so the probabilities of the unsampled paths stay as they were (the paper's rescaling).
 - Latency (Sec. 3.3.1, eq. 5): ``E[LAT] = sum_l sum_i p_{l,i} F(o_{l,i})`` with F the latency table;
   its gradient reaches every logit directly. Loss forms ``mul#log`` and ``add#linear``
-  (hwnas.latency.penalty.latency_loss). Defaults are the released code's: Adam lr 1e-3,
+  (hwnas.latency.penalty.latency_loss), plus the shared latency multiplier with a target
+  (hwnas.latency.multiplier). Defaults are the released code's: Adam lr 1e-3,
   betas (0, 0.999), eps 1e-8, no weight decay; mul#log alpha 0.2 beta 0.3; add#linear lambda 0.1.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def two_path_alpha_grad(alpha: torch.Tensor, pair: tuple[int, ...], gate_grad: t
 class ProxylessNAS(Strategy):
     name = "proxyless"
     mixed_op = BinaryGatedOp
-    defaults = {"arch_lr": 1e-3, "loss": "mul#log", "loss_params": None}
+    defaults = {"arch_lr": 1e-3, "loss": "mul#log", "loss_params": None, "target_step": 0.05}
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
         super().__init__(supernet, latency, target_ms, **options)
@@ -97,6 +98,7 @@ class ProxylessNAS(Strategy):
         out = {"arch_loss": float(loss.detach()), "arch_ce": float(ce.detach())}
         if expected is not None:
             out["expected_latency_ms"] = float(expected.detach())
+        out.update(self.update_multiplier(expected))
         return out
 
     def arch_optimizer_state(self) -> dict:

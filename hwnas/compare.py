@@ -1,0 +1,292 @@
+"""Methods side by side: the same space, data, seed, search budget and latency target for every method,
+each derived architecture trained from scratch the same way, exported and measured, beside a
+random-search baseline of random architectures under the same target trained the same way.
+
+``compare`` writes into its directory (and, killed, resumes there: finished entries are kept, an
+unfinished search resumes from its checkpoint): one run directory per method (``<method>/``, the search's own,
+with ``train/`` and ``model.onnx`` inside), ``random-<i>/`` per random architecture, and the report:
+``report.csv`` (one row per entry), ``report.md`` (the table and what it shows) and
+``accuracy_vs_latency.png``. Every number in it is measured in this run:
+
+- search seconds: wall time of the search (profiling excluded: the table is shared);
+- step cost: median time of 5 weight steps of the method's supernet on one training batch (after 2
+  untimed), next to 5 training steps of the derived child and of the space's largest child on the same
+  batch; memory: bytes autograd saves for backward in one such step (``hwnas.memory``), which is what
+  grows with the candidates a step evaluates;
+- predicted latency from the table, measured latency of the exported ONNX model (ONNX Runtime on this
+  CPU, the table's statistic), test accuracy after ``train_epochs`` epochs from scratch, parameters and
+  multiply-accumulates at the deploy shape.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwnas.export import ArchSource, export
+from hwnas.fsio import atomic_write_text
+from hwnas.latency.constraint import most_probable_within
+from hwnas.memory import activation_bytes
+from hwnas.search import LOWER_FRACTION, NullProgress, Search, SearchConfig
+from hwnas.spaces import Arch
+from hwnas.spaces.builder import build_child, count_params
+from hwnas.train import train_child
+
+log = logging.getLogger("hwnas.compare")
+
+FIELDS = ["entry", "method", "search_s", "step_ms", "child_step_ms", "largest_step_ms", "step_mib", "child_mib",
+          "largest_mib", "predicted_ms", "measured_ms", "measured_vs_predicted", "target_ms", "test_acc",
+          "params", "macs", "arch"]
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = field(default_factory=lambda: ["proxyless", "fbnet", "spnas"])
+    space: str = "spnas"
+    latency_target: str = "50%"
+    epochs: int = 16
+    warmup_epochs: int = 8
+    batch_size: int = 32
+    train_epochs: int = 10
+    random_archs: int = 3
+    seed: int = 0
+    data: str = "digits"
+    data_root: str | None = None
+    config: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
+    total = 0
+
+    def conv(m, inp, out):
+        nonlocal total
+        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def _median_ms(step, repeats: int = 5, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def step_costs(search: Search, tokens: list[str]) -> dict:
+    """Time and saved-for-backward bytes of one weight step of the method's supernet, of the derived
+    child and of the space's largest child, on the same training batch (see the module docstring)."""
+    x, y = next(iter(search.train_loader))
+    x, y = x.to(search.device), y.to(search.device)
+    s = search.strategy
+    s.supernet.train()
+
+    def supernet_step():
+        s.sample_weight_path()
+        loss = F.cross_entropy(s.supernet(x), y)
+        loss.backward()
+        s.supernet.zero_grad(set_to_none=True)
+        return loss
+
+    def child_step(model):
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            return loss
+        return step
+
+    largest = search.slowest if search.latency is not None else [max(c) for c in s.supernet.choices]
+    children = {}
+    for name, layers in (("child", tokens), ("largest", largest)):
+        model = build_child(Arch(search.cfg.space, search.deploy_config, layers), resolution=search.data.resolution)
+        children[name] = child_step(model.to(search.device).train())
+    mib = lambda fn: activation_bytes(fn) / 2**20  # noqa: E731
+    return {"step_ms": _median_ms(supernet_step), "child_step_ms": _median_ms(children["child"]),
+            "largest_step_ms": _median_ms(children["largest"]), "step_mib": mib(supernet_step),
+            "child_mib": mib(children["child"]), "largest_mib": mib(children["largest"])}
+
+
+def random_archs_in_window(search: Search, n: int, seed: int) -> list[list[str]]:
+    """``n`` distinct random architectures with predicted latency in [0.9 T, T]: random per-layer
+    scores, then the best-scoring architecture in the window (the derivation every method uses)."""
+    rng = np.random.default_rng(seed)
+    lat = search.latency
+    layers = [lat.layer(i).double().cpu().numpy() for i in range(lat.num_layers)]
+    out, seen, tries = [], set(), 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        scores = [rng.gumbel(size=len(v)) for v in layers]
+        idx = most_probable_within(scores, layers, lat.fixed_ms, LOWER_FRACTION * search.target_ms, search.target_ms)
+        tokens = [lat.choices[i][j] for i, j in enumerate(idx)]
+        if tuple(tokens) not in seen:
+            seen.add(tuple(tokens))
+            out.append(tokens)
+    return out
+
+
+def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, table, threads: int) -> dict:
+    """Train from scratch, export, measure: the figures every entry shares."""
+    trained = train_child(arch, run_dir / "train", data=cfg.data, data_root=cfg.data_root, epochs=cfg.train_epochs,
+                          seed=cfg.seed, device=cfg.device)
+    src = ArchSource(arch, str(run_dir), None, run_dir / "train" / "trained.pt")
+    rep = export(src, run_dir / "model.onnx", threads=threads, table=table, iterations=100)
+    stat = getattr(table, "statistic", "p50")
+    res = arch.config["resolution"]
+    row.update({"test_acc": trained["test_acc"], "params": trained["params"],
+                "macs": count_macs(build_child(arch), (1, 3, res, res)), "predicted_ms": rep.predicted_ms,
+                "measured_ms": rep.measured_ms[stat], "arch": " ".join(arch.layers)})
+    row["measured_vs_predicted"] = row["measured_ms"] / row["predicted_ms"] - 1 if row["predicted_ms"] else None
+    return row
+
+
+def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=None) -> list[dict]:
+    """Run every method and the random baseline into ``out_dir``; returns the report rows. ``table_for``
+    is the search's table callback ``(space, deploy_config) -> LatencyTable``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    tables = {}
+
+    def table_once(space, deploy_config):
+        if "t" not in tables:
+            tables["t"] = table_for(space, deploy_config)
+        return tables["t"]
+
+    rows, template = [], None
+    for method in cfg.methods:
+        scfg = SearchConfig(method=method, space=cfg.space, data=cfg.data, data_root=cfg.data_root, seed=cfg.seed,
+                            epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size,
+                            device=cfg.device, latency_target=cfg.latency_target, config=dict(cfg.config))
+        search = Search(scfg, out / method, table=table_once, progress=progress or NullProgress)
+        if (out / method / "entry.json").exists():  # finished in an earlier, interrupted compare
+            rows.append(json.loads((out / method / "entry.json").read_text()))
+            template = template or search
+            continue
+        if search.target_ms is None or not search.binds:
+            raise ValueError(f"compare needs a binding latency target; {cfg.latency_target!r} does not bind "
+                             f"(space range {search.range_ms[0]:.2f}-{search.range_ms[1]:.2f} ms)")
+        log.info("compare: searching with %s", method)
+        summary = search.run()
+        template = template or search
+        row = {"entry": method, "method": method, "search_s": summary["search_seconds"],
+               "target_ms": search.target_ms, **step_costs(search, summary["arch"])}
+        arch = Arch.load(out / method / "arch.json")
+        rows.append(_finish_entry(row, arch, out / method, cfg, tables["t"], _threads(tables["t"])))
+        atomic_write_text(out / method / "entry.json", json.dumps(rows[-1], indent=2) + "\n")
+        _write_report(rows, out, cfg)
+    for i, tokens in enumerate(random_archs_in_window(template, cfg.random_archs, cfg.seed)):
+        log.info("compare: random architecture %d/%d", i + 1, cfg.random_archs)
+        arch = Arch(cfg.space, template.deploy_config, tokens)
+        run_dir = out / f"random-{i}"
+        if (run_dir / "entry.json").exists():
+            rows.append(json.loads((run_dir / "entry.json").read_text()))
+            continue
+        run_dir.mkdir(exist_ok=True)
+        arch.save(run_dir / "arch.json")
+        row = {"entry": f"random-{i}", "method": "random", "target_ms": template.target_ms}
+        rows.append(_finish_entry(row, arch, run_dir, cfg, tables["t"], _threads(tables["t"])))
+        atomic_write_text(run_dir / "entry.json", json.dumps(rows[-1], indent=2) + "\n")
+        _write_report(rows, out, cfg)
+    return rows
+
+
+def _threads(table) -> int:
+    return int((getattr(table, "meta", None) or {}).get("threads", 1))
+
+
+def _write_report(rows: list[dict], out: Path, cfg: CompareConfig) -> None:
+    with open(out / ".report.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(out / ".report.csv.tmp", out / "report.csv")
+    atomic_write_text(out / "report.md", report_markdown(rows, cfg))
+    _plot(rows, out / "accuracy_vs_latency.png", cfg)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def report_markdown(rows: list[dict], cfg: CompareConfig) -> str:
+    target = rows[0]["target_ms"] if rows else float("nan")
+    lines = [f"# Search methods compared on `{cfg.space}` ({cfg.data}, seed {cfg.seed})", "",
+             f"Latency target {cfg.latency_target} = {target:.3f} ms; search {cfg.epochs} epochs "
+             f"({cfg.warmup_epochs} warm-up), batch {cfg.batch_size}; every architecture trained from scratch "
+             f"for {cfg.train_epochs} epochs. Measured latency: the exported ONNX model on ONNX Runtime (CPU).", "",
+             "| entry | search s | step ms (child / largest) | step MiB (child / largest) | predicted ms | "
+             "measured ms | meas/pred | test acc | params | MMACs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        steps = (f"{_fmt(r.get('step_ms'), '.1f')} ({_fmt(r.get('child_step_ms'), '.1f')} / "
+                 f"{_fmt(r.get('largest_step_ms'), '.1f')})") if r.get("step_ms") else "-"
+        mem = (f"{_fmt(r.get('step_mib'), '.1f')} ({_fmt(r.get('child_mib'), '.1f')} / "
+               f"{_fmt(r.get('largest_mib'), '.1f')})") if r.get("step_mib") else "-"
+        lines.append(f"| {r['entry']} | {_fmt(r.get('search_s'), '.0f')} | {steps} | {mem} | "
+                     f"{_fmt(r['predicted_ms'], '.3f')} | {_fmt(r['measured_ms'], '.3f')} | "
+                     f"{_fmt(r['measured_vs_predicted'], '+.1%')} | {_fmt(r['test_acc'], '.4f')} | "
+                     f"{r['params']:,} | {r['macs'] / 1e6:.1f} |")
+    randoms = [r["test_acc"] for r in rows if r["method"] == "random"]
+    if randoms:
+        med = float(np.median(randoms))
+        lines += ["", f"Random baseline: median test accuracy {med:.4f} over {len(randoms)} architectures in the "
+                      "same latency window."]
+        for r in rows:
+            if r["method"] != "random":
+                verdict = "at least as accurate as" if r["test_acc"] >= med else "LESS accurate than"
+                lines.append(f"- {r['entry']}: {r['test_acc']:.4f}, {verdict} the random median.")
+    for r in rows:
+        if r.get("step_ms") and r.get("child_step_ms"):
+            lines.append(f"- {r['entry']}: weight step {r['step_ms'] / r['child_step_ms']:.2f}x the derived child's, "
+                         f"{r['step_ms'] / r['largest_step_ms']:.2f}x the largest child's "
+                         f"(memory {r['step_mib'] / r['child_mib']:.2f}x / {r['step_mib'] / r['largest_mib']:.2f}x).")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path, cfg: CompareConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = [r for r in rows if r["method"] == method]
+        ax.scatter([r["measured_ms"] for r in pts], [r["test_acc"] for r in pts], s=40 if method != "random" else 20,
+                   marker="o" if method != "random" else "x", label=method)
+    if rows:
+        t = rows[0]["target_ms"]
+        ax.axvspan(LOWER_FRACTION * t, t, color="k", alpha=0.06, label="target window (predicted)")
+    ax.set_xlabel("measured latency, ONNX Runtime CPU (ms)")
+    ax.set_ylabel(f"test accuracy ({cfg.data}, {cfg.train_epochs} epochs from scratch)")
+    ax.set_title(f"{cfg.space}: methods vs random search at {cfg.latency_target}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
