@@ -113,3 +113,79 @@ def test_spnas_search_end_to_end_meets_the_target(tmp_path):
     assert arch.space == "spnas" and arch.layers == summary["arch"]
     child = build_child(arch)
     child.load_state_dict(torch.load(tmp_path / "run" / "child.pt"))  # the inherited, cropped weights
+
+
+def _hand_set(op, k5: bool, e6: bool, keep: bool) -> torch.Tensor:
+    """Thresholds one unit below (decision on) or above (off) each norm; the e6 and skip norms are taken
+    on the weight masked by the chosen kernel size, as the indicators take them."""
+    pick = lambda on, n: n - 1.0 if on else n + 1.0  # noqa: E731
+    t5 = pick(k5, float(op.margins(torch.zeros(4))[0].detach()))
+    _, _, ze, zs = op.margins(torch.tensor([t5, 0.0, 0.0, 0.0]))  # z = the masked norms when t = 0
+    return torch.tensor([t5, 0.0, pick(e6, float(ze.detach())), pick(keep, float(zs.detach()))])
+
+
+@pytest.mark.parametrize("k5,e6,keep,want", [(False, False, True, "k3e3"), (True, False, True, "k5e3"),
+                                             (False, True, True, "k3e6"), (True, True, True, "k5e6"),
+                                             (True, True, False, "skip")])
+def test_hand_set_thresholds_select_exactly_that_candidate(k5, e6, keep, want):
+    s, lat = make()
+    i = next(i for i, c in enumerate(s.supernet.choices) if "skip" in c)  # a layer with all three decisions
+    op = s.supernet.mixed[i]
+    t = _hand_set(op, k5, e6, keep)
+    with torch.no_grad():
+        s.thresholds[i].copy_(t)
+    assert s.derive()[i] == want
+    weights = op.token_weights()
+    assert weights.tolist() == [1.0 if tok == want else 0.0 for tok in op.tokens]
+    # and the layer computes that candidate: the same output as fixing the decisions by hand
+    x = torch.randn(2, op.block.body[0][0].in_channels, 8, 8)
+    op.eval()
+    with torch.no_grad():
+        learned = op(x)
+        op.set_thresholds(op.fixed(want))
+        fixed = op(x)
+    torch.testing.assert_close(learned, fixed)
+
+
+def test_runtime_model_against_a_hand_made_table():
+    """R for hand-set decisions equals the hand-made LUT's entry, and dR/dt_k5 is the multilinear form's
+    derivative times the indicator's straight-through slope -sigmoid'(z5)."""
+    s, lat = make()
+    i = next(i for i, c in enumerate(s.supernet.choices) if "skip" in c)
+    op = s.supernet.mixed[i]
+    choices = s.supernet.choices[i]
+    known = {"k3e3": 1.0, "k3e6": 2.0, "k5e3": 3.0, "k5e6": 5.0, "skip": 0.0}
+    for j, tok in enumerate(choices):
+        lat.layer(i)[j] = known[tok]
+    with torch.no_grad():
+        t = s.thresholds[i].detach().clone()
+        z0 = op.margins(t)
+        t[0] = float(z0[0]) + t[0] - 0.3  # z5 = +0.3: the 5x5 ring on, close to the boundary
+        s.thresholds[i].copy_(t)
+    s._set(detach=False)
+    z5, _, ze, zs = op.margins()
+    d5, de, ds = (float(v.detach() > 0) for v in (z5, ze, zs))
+    assert (d5, de, ds) == (1.0, 1.0, 1.0)
+    r = s.runtime()
+    others = sum(float(lat.layer(j)[s.supernet.choices[j].index(tok)])
+                 for j, tok in enumerate(s.derive()) if j != i) + lat.fixed_ms
+    assert float(r.detach()) == pytest.approx(others + known["k5e6"], rel=1e-6)  # float32 weights
+    (g,) = torch.autograd.grad(r, [s.thresholds[i]])
+    sig = torch.sigmoid(z5.detach())
+    dR_dd5 = ds * ((1 - de) * (known["k5e3"] - known["k3e3"]) + de * (known["k5e6"] - known["k3e6"]))
+    sig_e = torch.sigmoid(ze.detach())
+    dR_dde = ds * (d5 * (known["k5e6"] - known["k5e3"]) + (1 - d5) * (known["k3e6"] - known["k3e3"]))
+    slope_e = float(sig_e * (1 - sig_e))
+    assert float(g[2]) == pytest.approx(-dR_dde * slope_e, rel=1e-4)
+    sig_s = torch.sigmoid(zs.detach())
+    dR_dds = known["k5e6"] - known["skip"]
+    slope_s = float(sig_s * (1 - sig_s))
+    assert float(g[3]) == pytest.approx(-dR_dds * slope_s, rel=1e-4)
+    # t_k5 moves d5 directly and, through the kernel mask, the e6 and skip norms: dz/dd5 = 2 * (the
+    # squared norm of that channel half on the 5x5 ring)
+    w = op.dw[0].weight.detach().squeeze(1)
+    d = (torch.arange(5) - 2).abs()
+    ring = (torch.maximum(d[:, None], d[None, :]) == 2).float()
+    s_e, s_s = float((w[op.split:] ** 2 * ring).sum()), float((w[:op.split] ** 2 * ring).sum())
+    want = -float(sig * (1 - sig)) * (dR_dd5 + dR_dde * slope_e * 2 * s_e + dR_dds * slope_s * 2 * s_s)
+    assert float(g[0]) == pytest.approx(want, rel=1e-4)
