@@ -143,8 +143,28 @@ class Strategy(nn.Module, metaclass=ABCMeta):
     def set_eval_path(self, tokens: list[str]) -> None:
         """Configure the mixed ops to run exactly the child ``tokens``."""
 
+    # -- shared plumbing of architecture steps ---------------------------------------------------------
+    #: the optimizer of ``arch_parameters()``; a strategy sets it in its ``__init__``.
+    arch_opt: torch.optim.Optimizer | None = None
+
+    def apply_arch_grads(self, grads) -> None:
+        """Set each architecture parameter's gradient (None: zero) and take one ``arch_opt`` step."""
+        for p, g in zip(self.arch_parameters(), grads, strict=True):
+            p.grad = torch.zeros_like(p) if g is None else g
+        self.arch_opt.step()
+        self.arch_opt.zero_grad(set_to_none=True)
+
+    def arch_metrics(self, loss: torch.Tensor, ce: torch.Tensor, expected: torch.Tensor | None, **extra) -> dict:
+        """The scalars an architecture step reports; advances the latency multiplier (after the step)."""
+        out = {"arch_loss": float(loss.detach()), "arch_ce": float(ce.detach()), **extra}
+        if expected is not None:
+            out.setdefault("expected_latency_ms", float(expected.detach()))
+        out.update(self.update_multiplier(expected))
+        return out
+
     def arch_optimizer_state(self) -> dict:
-        return {}
+        return self.arch_opt.state_dict() if self.arch_opt is not None else {}
 
     def load_arch_optimizer_state(self, state: dict) -> None:
-        pass
+        if state and self.arch_opt is not None:
+            self.arch_opt.load_state_dict(state)

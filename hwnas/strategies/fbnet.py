@@ -87,21 +87,9 @@ class FBNet(Strategy):
         ce = F.cross_entropy(self.supernet(x), y)
         lat = self.latency.expected(masks) if self.latency is not None else None
         loss, lat = self.objective(ce, lat)
-        grads = torch.autograd.grad(loss, self.arch_parameters())  # theta only: the weights stay untouched
-        for a, g in zip(self.alpha, grads):
-            a.grad = g
-        self.arch_opt.step()
-        self.arch_opt.zero_grad(set_to_none=True)
-        out = {"arch_loss": float(loss.detach()), "arch_ce": float(ce.detach()), "temperature": self.tau}
+        self.apply_arch_grads(torch.autograd.grad(loss, self.arch_parameters()))  # theta only, not the weights
+        extra = {"temperature": self.tau}
         if lat is not None:
-            out["sampled_latency_ms"] = float(lat.detach())
-            out["expected_latency_ms"] = float(self.expected_latency().detach())
-        out.update(self.update_multiplier(lat))
-        return out
-
-    def arch_optimizer_state(self) -> dict:
-        return self.arch_opt.state_dict()
-
-    def load_arch_optimizer_state(self, state: dict) -> None:
-        if state:
-            self.arch_opt.load_state_dict(state)
+            extra.update(sampled_latency_ms=float(lat.detach()),
+                         expected_latency_ms=float(self.expected_latency().detach()))
+        return self.arch_metrics(loss, ce, lat, **extra)

@@ -81,31 +81,19 @@ class ProxylessNAS(Strategy):
             for op in self.supernet.mixed:
                 op.gated_paths = None
         gate_grads, alpha_grads = grads[:len(ops)], grads[len(ops):]
-        old = []
+        alpha_step, old = [], []
         for a, pair, gg, ag in zip(self.alpha, pairs, gate_grads, alpha_grads):
             grad = torch.zeros_like(a) if ag is None else ag.clone()
             if gg is not None:
                 grad += two_path_alpha_grad(a.detach(), pair, gg)
-            a.grad = grad
+            alpha_step.append(grad)
             old.append(a.detach()[list(pair)].clone())
-        self.arch_opt.step()
-        self.arch_opt.zero_grad(set_to_none=True)
+        self.apply_arch_grads(alpha_step)
         with torch.no_grad():  # rescale: unsampled paths keep their probabilities
             for a, pair, before in zip(self.alpha, pairs, old):
                 idx = list(pair)
                 offset = torch.logsumexp(a[idx], 0) - torch.logsumexp(before, 0)
                 a[idx] -= offset
-        out = {"arch_loss": float(loss.detach()), "arch_ce": float(ce.detach())}
-        if expected is not None:
-            out["expected_latency_ms"] = float(expected.detach())
-        out.update(self.update_multiplier(expected))
-        return out
-
-    def arch_optimizer_state(self) -> dict:
-        return self.arch_opt.state_dict()
-
-    def load_arch_optimizer_state(self, state: dict) -> None:
-        if state:
-            self.arch_opt.load_state_dict(state)
+        return self.arch_metrics(loss, ce, expected)
 
 

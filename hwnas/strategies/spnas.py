@@ -120,20 +120,5 @@ class SinglePathNAS(Strategy):
         self._set(detach=False)
         ce = F.cross_entropy(self.supernet(x), y)
         loss, runtime = self.objective(ce, self.runtime())
-        grads = torch.autograd.grad(loss, self.arch_parameters(), allow_unused=True)
-        for t, g in zip(self.thresholds, grads):
-            t.grad = torch.zeros_like(t) if g is None else g
-        self.arch_opt.step()
-        self.arch_opt.zero_grad(set_to_none=True)
-        out = {"arch_loss": float(loss.detach()), "arch_ce": float(ce.detach())}
-        if runtime is not None:
-            out["expected_latency_ms"] = float(runtime.detach())
-        out.update(self.update_multiplier(runtime))
-        return out
-
-    def arch_optimizer_state(self) -> dict:
-        return self.arch_opt.state_dict()
-
-    def load_arch_optimizer_state(self, state: dict) -> None:
-        if state:
-            self.arch_opt.load_state_dict(state)
+        self.apply_arch_grads(torch.autograd.grad(loss, self.arch_parameters(), allow_unused=True))
+        return self.arch_metrics(loss, ce, runtime)
