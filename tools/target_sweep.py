@@ -1,32 +1,36 @@
-"""Latency-target sweep: run short searches at several targets against one latency table and print
-the derived architectures' predicted latency against each target (the [0.9 T, T] promise).
+"""Latency-target sweep: short searches at several targets against one latency table, for one or more
+methods, printing each derived architecture's predicted latency against its target (the [0.9 T, T]
+promise) and, with --measure, the exported ONNX model's measured latency against the prediction.
 
-    python tools/target_sweep.py --table latency_tables/<dev>/onnxruntime/proxyless-r224-b1-fp32.csv \
-        --targets 25% 50% 75% --epochs 4 --warmup-epochs 2
+    python tools/target_sweep.py --table latency_tables/<dev>/onnxruntime/spnas-r224-b1-fp32.csv \\
+        --space spnas --methods proxyless fbnet spnas --targets 20% 50% 80% --epochs 1 --warmup-epochs 0 --measure
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 import torch
 
+from hwnas.export import ArchSource, export
 from hwnas.latency.space_tables import load_table_for, profile_space
 from hwnas.latency.table import LatencyTable
 from hwnas.search import Search, SearchConfig
-from hwnas.spaces import get_space
+from hwnas.spaces import Arch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", required=True)
     ap.add_argument("--space", default="proxyless")
+    ap.add_argument("--methods", nargs="+", default=["proxyless"])
     ap.add_argument("--targets", nargs="+", default=["25%", "50%", "75%"])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--warmup-epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--measure", action="store_true", help="export each derived model and measure it")
     args = ap.parse_args()
-    space = get_space(args.space)
     meta = LatencyTable.load(args.table).meta
 
     def table_for(sp, deploy_config):
@@ -37,15 +41,24 @@ def main() -> None:
                       threads=int(meta.get("threads", 1)))
         return load_table_for(sp, deploy_config, args.table)
 
-    print(f"{'target':>8} {'T ms':>8} {'predicted ms':>13} {'ratio':>6}  architecture")
-    for t in args.targets:
-        cfg = SearchConfig(space=args.space, latency_target=t, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-                           seed=args.seed, table=args.table)
-        with tempfile.TemporaryDirectory() as run:
-            s = Search(cfg, run, table=table_for)
-            r = s.run()
-        print(f"{t:>8} {r['target_ms']:>8.3f} {r['predicted_latency_ms']:>13.3f} "
-              f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f}  {' '.join(r['arch'])}")
+    print(f"{'method':>9} {'target':>7} {'T ms':>7} {'pred ms':>8} {'pred/T':>6} {'meas ms':>8} {'meas/pred':>9}  architecture")
+    for method in args.methods:
+        for t in args.targets:
+            cfg = SearchConfig(method=method, space=args.space, latency_target=t, epochs=args.epochs,
+                               warmup_epochs=args.warmup_epochs, seed=args.seed, table=args.table)
+            with tempfile.TemporaryDirectory() as run:
+                s = Search(cfg, run, table=table_for)
+                r = s.run()
+                measured = "-"
+                if args.measure:
+                    src = ArchSource(Arch.load(Path(run) / "arch.json"), run, Path(run), Path(run) / "child.pt")
+                    table = LatencyTable.load(args.table)
+                    rep = export(src, Path(run) / "model.onnx", threads=int(meta.get("threads", 1)), table=table,
+                                 iterations=100)
+                    m = rep.measured_ms[table.statistic]
+                    measured = f"{m:>8.3f} {m / rep.predicted_ms - 1:>+9.1%}"
+            print(f"{method:>9} {t:>7} {r['target_ms']:>7.3f} {r['predicted_latency_ms']:>8.3f} "
+                  f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f} {measured}  {' '.join(r['arch'])}", flush=True)
 
 
 if __name__ == "__main__":
