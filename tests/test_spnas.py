@@ -98,7 +98,7 @@ def test_a_strong_runtime_term_switches_decisions_off():
 
 
 def test_fbnet_space_is_refused_with_the_layer_named():
-    with pytest.raises(ValueError, match=r"kernel x expansion grid .*k3e1"):
+    with pytest.raises(ValueError, match=r"space .fbnet., layer 0: .*kernel x expansion grid .*k3e1"):
         make("fbnet")
     with pytest.raises(ValueError, match="kernel x expansion grid"):
         SuperkernelOp.build(("k3e3", "k5e6"), lambda t: None)  # not a full grid

@@ -19,7 +19,13 @@ class ChainSupernet(nn.Module):
         make = lambda part, token=None: space.make_module(part, token, cfg)  # noqa: E731
         self.stem = make(self.plan.stem)
         self.first = make(self.plan.first) if self.plan.first else nn.Identity()
-        self.mixed = nn.ModuleList(mixed_op.build(p.choices, lambda t, p=p: make(p, t)) for p in self.plan.layers)
+        mixed = []
+        for i, p in enumerate(self.plan.layers):
+            try:
+                mixed.append(mixed_op.build(p.choices, lambda t, p=p: make(p, t)))
+            except ValueError as e:
+                raise ValueError(f"space {space.name!r}, layer {i}: {e}") from None
+        self.mixed = nn.ModuleList(mixed)
         self.head = make(self.plan.head)
         self.classifier = make(self.plan.classifier)
 
