@@ -385,6 +385,10 @@ def cmd_latency(args) -> int:
               f"batch {meta.get('batch')}, {meta.get('dtype')}; {meta.get('backend')} ({meta.get('provider')}) on "
               f"{dev.get('name', dev.get('slug', '?'))}, {meta.get('threads')} threads; statistic {meta.get('statistic')}")
         model = LatencyModel(table, space, config)
+        if model.calibration:
+            c = model.calibration
+            print(f"calibrated: predictions = {c['a']:.3f} ms + {c['b']:.3f} x (sum of rows), fitted by "
+                  f"`hwnas latency validate` on {c.get('fit_samples', '?')} networks; every figure below includes it")
         (lo, lo_t), (hi, hi_t) = model.extremes()
         print(f"fastest architecture {lo:.3f} ms: {' '.join(lo_t)}")
         print(f"slowest architecture {hi:.3f} ms: {' '.join(hi_t)}")
