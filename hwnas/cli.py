@@ -432,7 +432,8 @@ def _latency_validate(args, table) -> int:
             state["bar"].close()
 
     rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
-                   rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, progress=progress)
+                   rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, chunk=args.chunk,
+                   progress=progress)
     for name, fig in (("plain sum", rep.before), ("calibrated", rep.after)):
         print(f"{name:>10}: {fig['within_5pct']:.0%} within +-5%, {fig['within_10pct']:.0%} within +-10%, "
               f"MAPE {fig['mape']:.1%}, mean error {fig['mean_signed_error']:+.1%}, Kendall tau {fig['kendall_tau']:.3f} "
@@ -590,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread: random networks across the space's latency range; uniform: each layer uniform "
                         "(they cluster near the mean) (default %(default)s)")
     q.add_argument("--warmup", type=int, default=10)
+    q.add_argument("--chunk", type=int, default=None,
+                   help="prepare and time this many networks at a time (default: all, interleaved; fewer bound "
+                        "memory but expose the figures to the machine's drift over minutes)")
     q.add_argument("--out", default=None, help="report directory (default runs/<stamp>-validate-<space>)")
     q.add_argument("--runs", default="runs")
     q.add_argument("--no-store", action="store_true", help="do not store the calibration in the table")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwnas.latency.timing import export_onnx_bytes, ort_session, random_inputs, time_callable
+from hwnas.latency.timing import CallRunner, export_onnx_bytes, measure_interleaved, ort_session, random_inputs
 from hwnas.spaces import Arch, ArchError
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.spaces.presets import PRESETS
@@ -85,7 +85,8 @@ def build_for_export(src: ArchSource) -> torch.nn.Module:
 
 
 def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, threads: int = 1,
-           measure: bool = True, table=None, warmup: int = 10, iterations: int = 50) -> ExportReport:
+           measure: bool = True, table=None, warmup: int = 10, iterations: int = 50,
+           rounds: int = 5) -> ExportReport:
     """Export ``src`` to ``onnx_path`` at its deploy shape, check it, and measure it with ORT (CPU)."""
     import onnx
 
@@ -122,8 +123,10 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
                           str(src.weights) if src.weights else None)
     if measure:
         arrays = [x.numpy() for x in inputs]
-        report.measured_ms = time_callable(lambda a: session.run(None, {name: a}), arrays, warmup=warmup,
-                                           iterations=iterations)
+        # in rounds of >= 1 s, like the table's rows: a slow spell of the machine cannot take the whole figure
+        runner = CallRunner(lambda a: session.run(None, {name: a}), arrays)
+        report.measured_ms = measure_interleaved([runner], warmup=warmup, iterations=iterations, rounds=rounds,
+                                                 min_round_s=1.0 if rounds > 1 else 0.0)[0]
     if table is not None:
         from hwnas.latency.penalty import LatencyModel
 

@@ -97,9 +97,9 @@ def test_validate_end_to_end_on_a_small_real_table(tmp_path):
                           backend="torch", threads=1, warmup=1, iterations=5, rounds=2)
     table = LatencyTable.load(tmp_path / "t.csv")
     seen = []
-    rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5, rounds=2,
-                   progress=lambda d, n: seen.append((d, n)))
-    assert seen == [(d, 24) for d in range(1, 25)]  # 8 networks prepared, then 8 x 2 rounds timed
+    rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5, rounds=2, chunk=3,
+                   min_round_s=0.0, progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(d, 24) for d in range(1, 25)]  # 8 networks prepared + 8 x 2 rounds timed, in 3 chunks
     assert rep.samples == 8 and rep.holdout == 4 and rep.calibration["fit_samples"] == 4
     for fig in (rep.before, rep.after):
         assert 0 <= fig["within_10pct"] <= 1 and -1 <= fig["kendall_tau"] <= 1 and fig["n"] == 4

@@ -53,6 +53,7 @@ __all__ = [
     "ort_provider",
     "measure_module",
     "Runner",
+    "CallRunner",
     "measure_interleaved",
     "sample_callable",
 ]
@@ -436,7 +437,18 @@ class Runner:
             torch.set_num_threads(saved_threads)
 
 
-def measure_interleaved(runners: Sequence[Runner], *, warmup: int, iterations: int, rounds: int,
+class CallRunner:
+    """A ``Runner`` for something already prepared: ``fn`` called on ``inputs`` (rotated), ``sync``
+    inside the timed region -- so a single session can be timed in rounds by ``measure_interleaved``."""
+
+    def __init__(self, fn: Callable[[Any], Any], inputs: list, sync: Callable[[], Any] | None = None):
+        self.fn, self.inputs, self.sync = fn, inputs, sync
+
+    def samples(self, iterations: int, warmup: int = 0) -> np.ndarray:
+        return sample_callable(self.fn, self.inputs, warmup=warmup, iterations=iterations, sync=self.sync)
+
+
+def measure_interleaved(runners: Sequence[Runner | CallRunner], *, warmup: int, iterations: int, rounds: int,
                         min_round_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """``summarize`` stats per runner of ``iterations`` timed calls (at least), taken in ``rounds``
     interleaved rounds: each round times every runner for ``ceil(iterations / rounds)`` calls after

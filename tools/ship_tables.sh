@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Profile and validate the shipped CPU tables of this machine, one job at a time (jobs that run side
+# by side on a small machine corrupt each other's timings). Usage: tools/ship_tables.sh [space ...]
+# Each table gets its validate report beside it: <table stem>.validate/{report.json,samples.csv,scatter.png}
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HWNAS=${HWNAS:-.venv/bin/hwnas}
+spaces=${*:-proxyless fbnet spnas}
+for backend in onnxruntime torch; do
+  for space in $spaces; do
+    out=$($HWNAS profile --device cpu --backend "$backend" --space "$space" --out latency_tables/ | tail -1)
+    table=$(echo "$out" | sed -E 's/^latency table: ([^ ]+) .*/\1/')
+    echo "== $backend $space: $table"
+    $HWNAS latency validate --table "$table" --samples 100 --out "${table%.csv}.validate" | tail -4
+  done
+done
