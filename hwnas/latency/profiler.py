@@ -191,11 +191,12 @@ def profile_blocks(
         runners = []
         for block in part:
             try:
-                runners.append(Runner(block.build(), block.input_shape, backend=backend, device=device,
-                                      threads=threads, dtype=dtype, mode=mode, provider=provider))
-                if rounds == 1:  # one burst per block, measured and saved as soon as it is ready
-                    stats = summarize(runners.pop().samples(iterations, warmup))
-                    table.add(block.signature, stats)
+                runner = Runner(block.build(), block.input_shape, backend=backend, device=device,
+                                threads=threads, dtype=dtype, mode=mode, provider=provider)
+                if rounds > 1:
+                    runners.append(runner)
+                else:  # one burst per block, measured and saved as soon as it is ready
+                    table.add(block.signature, summarize(runner.samples(iterations, warmup)))
                     table.save(path)
                     done += 1
                     if progress is not None:

@@ -1,6 +1,8 @@
 """Timing done right: warm-up, rotating random inputs, per-call clocks, sync inside the timed region.
 
-``time_callable`` is the one timing loop; ``measure_module`` runs it for an ``nn.Module`` on a backend:
+``sample_callable`` is the one timing loop (``time_callable`` summarizes it); a ``Runner`` prepares an
+``nn.Module`` once on a backend and times it with that loop, in one burst (``measure_module``) or in
+interleaved rounds beside others (``measure_interleaved``):
 
 - ``"torch"``: eager, ``eval()`` + ``torch.inference_mode()``, ``torch.set_num_threads(threads)`` on CPU
   (restored afterwards), ``torch.cuda.synchronize()`` inside the timed region on CUDA.

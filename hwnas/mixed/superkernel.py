@@ -135,16 +135,15 @@ class SuperkernelOp(MixedOp):
         dw_conv = self.dw[0]
         y = conv(h, dw_conv.weight, t_kernel, t_expand, stride=dw_conv.stride[0], channel_split=self.split)
         y = self.dw[2](self.dw[1](y))
-        if t_expand is not None:
-            _, _, ze, _ = self.margins(t)
+        _, _, ze, zs = self.margins(t) if t_expand is not None or t_skip is not None else (None,) * 4
+        if ze is not None:
             mask = torch.ones(self.mid, dtype=y.dtype, device=y.device)
             mask = torch.cat([mask[: self.split], indicator(ze).to(y.dtype).expand(self.mid - self.split)])
             y = y * mask.view(1, -1, 1, 1)
         out = self.project(y)
         if not self.block.use_residual:
             return out
-        if t_skip is not None:
-            _, _, _, zs = self.margins(t)
+        if zs is not None:
             out = indicator(zs).to(out.dtype) * out
         return x + out
 
