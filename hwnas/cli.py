@@ -344,6 +344,14 @@ def _list_presets() -> int:
         pub = PUBLISHED.get(name, {}).get("params")
         print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} "
               f"{(f'{pub:,}' if isinstance(pub, int) else str(pub or '-')):>11}  {' '.join(arch.layers)}")
+    from hwnas.spaces.cell_presets import CELL_PRESETS, CELL_PUBLISHED
+
+    for name, d in CELL_PRESETS.items():
+        arch = Arch.from_dict(d, name)
+        pub = CELL_PUBLISHED[name]["params_m"]
+        print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} {f'{pub}M':>11}  "
+              f"{arch.space_obj.describe(arch.layers)}")
+    print("(darts presets: CIFAR-10 evaluation network C=36, 20 cells; parameters without the auxiliary head)")
     return 0
 
 

@@ -19,6 +19,7 @@ from hwnas.latency.timing import CallRunner, export_onnx_bytes, measure_interlea
 from hwnas.spaces import Arch, ArchError
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.spaces.presets import PRESETS
+from hwnas.spaces.cell_presets import CELL_PRESETS
 
 log = logging.getLogger("hwnas.export")
 
@@ -51,10 +52,11 @@ def resolve_arch(spec: str) -> ArchSource:
         return ArchSource(Arch.load(arch_file), str(path), path, weights)
     if path.suffix == ".json" or path.exists():
         return ArchSource(Arch.load(path), str(path))
-    if spec in PRESETS:
-        return ArchSource(Arch.from_dict(PRESETS[spec], f"preset {spec}"), f"preset {spec}")
+    presets = {**PRESETS, **CELL_PRESETS}
+    if spec in presets:
+        return ArchSource(Arch.from_dict(presets[spec], f"preset {spec}"), f"preset {spec}")
     raise ArchError(f"--arch {spec!r} is not a run directory, an arch.json file or a preset "
-                    f"(presets: {', '.join(PRESETS)})")
+                    f"(presets: {', '.join(presets)})")
 
 
 @dataclass

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hwnas.blocks import MBConv
-from hwnas.spaces import SPACES, Arch, ArchError, get_space
+from hwnas.spaces import Arch, ArchError, get_space
+from hwnas.spaces.definitions import CHAIN_SPACES as SPACES
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.spaces.tokens import parse_token
 

@@ -1,7 +1,8 @@
 """The Arch: the one thing that passes from search to export.
 
 JSON: ``{"space": "proxyless", "config": {...skeleton, see hwnas.spaces.chain...},
-"layers": ["k3e6", "skip", ...], ...provenance}``. Loading validates every token against the space
+"layers": ["k3e6", "skip", ...], ...provenance}``. A ``darts`` (cell space) Arch lists one op per cell
+edge in ``layers``, or gives the paper's ``"genotype"`` instead (see hwnas.spaces.cell). Loading validates every token against the space
 and fails with a message naming the layer, the bad token and the allowed ones.
 """
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Arch:
     def validate(self) -> None:
         space = get_space(self.space)
         self.config = space.resolve_config(self.config)
+        if getattr(space, "kind", "chain") == "cell":
+            space.check_layers(self.config, self.layers)
+            return
         plan = space.plan(self.config)
         if not isinstance(self.layers, list):
             raise ArchError(f"arch layers must be a list of tokens, got {type(self.layers).__name__}")
@@ -71,6 +75,13 @@ class Arch:
     def from_dict(cls, d: dict, source: str = "arch") -> "Arch":
         if not isinstance(d, dict):
             raise ArchError(f"{source}: an arch must be a JSON object with 'space', 'config', 'layers'")
+        if "layers" not in d and "genotype" in d and d.get("space") in SPACES and \
+                getattr(SPACES[d["space"]], "kind", "chain") == "cell":
+            try:
+                d = {**d, "layers": SPACES[d["space"]].layers_from_genotype(d["genotype"], source)}
+            except ArchError as e:
+                raise ArchError(str(e)) from None
+            d.pop("genotype")
         missing = [k for k in ("space", "layers") if k not in d]
         if missing:
             raise ArchError(f"{source}: missing key(s) {missing}; an arch needs 'space' and 'layers' (and 'config')")
@@ -94,5 +105,11 @@ class Arch:
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
+    @property
+    def is_cell(self) -> bool:
+        return getattr(self.space_obj, "kind", "chain") == "cell"
+
     def __str__(self) -> str:
+        if self.is_cell:
+            return f"{self.space}:{self.space_obj.describe(self.layers)}"
         return f"{self.space}[{' '.join(self.layers)}]"

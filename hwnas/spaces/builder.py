@@ -23,7 +23,7 @@ class ChildNet(nn.Module):
         return self.classifier(self.head(self.layers(self.first(self.stem(x)))))
 
 
-def build_child(arch: Arch | dict, resolution: int | None = None, num_classes: int | None = None) -> ChildNet:
+def build_child(arch: Arch | dict, resolution: int | None = None, num_classes: int | None = None) -> nn.Module:
     """Build the child network of ``arch`` (an Arch or its JSON dict).
 
     ``resolution`` is the input size it will be run at (default: the config's deploy resolution);
@@ -33,11 +33,15 @@ def build_child(arch: Arch | dict, resolution: int | None = None, num_classes: i
         arch = Arch.from_dict(arch)
     if num_classes is not None:
         arch = arch.with_config(num_classes=num_classes)
+    if arch.is_cell:
+        return arch.space_obj.build_network(arch.layers, arch.config, resolution)
     space, plan = arch.space_obj, arch.plan(resolution)
     make = lambda part, token=None: space.make_module(part, token, plan.config)  # noqa: E731
     return ChildNet(make(plan.stem), make(plan.first) if plan.first else None,
                     [make(p, t) for p, t in zip(plan.layers, arch.layers)], make(plan.head), make(plan.classifier))
 
 
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def count_params(module: nn.Module, auxiliary: bool = False) -> int:
+    """Parameters of ``module``; those of an auxiliary head (training only, never deployed) are left
+    out unless ``auxiliary`` (the DARTS papers' convention for their published counts)."""
+    return sum(p.numel() for name, p in module.named_parameters() if auxiliary or not name.startswith("auxiliary."))

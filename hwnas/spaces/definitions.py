@@ -12,9 +12,11 @@
   MnasNet/MobileNetV2 skeleton (stem 32, fixed SepConv 3x3 c16, stages 24/40/80/96/192/320 of
   4/4/4/4/4/1 layers, head 1280, ReLU); candidates k{3,5} x e{3,6}, and ``skip`` where a residual
   exists (not on a stage's first layer).
+- ``darts``: the DARTS cell space (Liu et al., ICLR 2019), see hwnas.spaces.cell.
 """
 from __future__ import annotations
 
+from hwnas.spaces.cell import SPACE as DARTS
 from hwnas.spaces.chain import ChainSpace
 
 
@@ -54,4 +56,6 @@ SPNAS = ChainSpace(
     paper="Stamoulis et al. Single-Path NAS: Designing Hardware-Efficient ConvNets in less than 4 Hours. ECML-PKDD 2019.",
 )
 
-SPACES: dict[str, ChainSpace] = {s.name: s for s in (PROXYLESS, FBNET, SPNAS)}
+#: every space by name; ``darts`` is the cell space (hwnas.spaces.cell), the others chain spaces.
+SPACES: dict = {s.name: s for s in (PROXYLESS, FBNET, SPNAS, DARTS)}
+CHAIN_SPACES = ("proxyless", "fbnet", "spnas")
