@@ -86,7 +86,7 @@ def _log_to_file(path: Path) -> None:
 
 
 def _config_overrides(args) -> dict:
-    out = {}
+    out = _parse_opts(getattr(args, "config", None) or [], "--config")
     for key in ("resolution", "width_mult", "num_classes"):
         v = getattr(args, key, None)
         if v is not None:
@@ -94,11 +94,11 @@ def _config_overrides(args) -> dict:
     return out
 
 
-def _parse_opts(pairs: list[str]) -> dict:
+def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise ValueError(f"--opt {p!r} must be KEY=VALUE")
+            raise ValueError(f"{flag} {p!r} must be KEY=VALUE")
         k, v = p.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -161,11 +161,21 @@ def cmd_search(args) -> int:
         resolve_device(cfg.device)
     else:
         train_device = resolve_device(args.device)
-        cfg = SearchConfig(method=args.method, space=args.space, data=args.data, data_root=args.data_root,
-                           seed=args.seed, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        from hwnas.spaces import get_space
+        from hwnas.strategies import get_strategy
+
+        strategy = get_strategy(args.method)
+        space_name = args.space or strategy.default_space
+        strategy.check_space(get_space(space_name))
+        epochs, warmup = strategy.default_epochs(get_space(space_name))
+        epochs = args.epochs if args.epochs is not None else epochs
+        warmup = args.warmup_epochs if args.warmup_epochs is not None else min(warmup, max(0, epochs - 1))
+        cfg = SearchConfig(method=args.method, space=space_name, data=args.data, data_root=args.data_root,
+                           seed=args.seed, epochs=epochs, warmup_epochs=warmup,
                            batch_size=args.batch_size, lr=args.lr, arch_every=args.arch_every,
                            device=str(train_device), latency_target=args.latency_target,
-                           config=_config_overrides(args), options=_method_options(args))
+                           config=_config_overrides(args), options=_method_options(args),
+                           train_resolution=args.train_resolution)
         cfg.validate()
         run_dir = new_run_dir(args.runs, cfg.method, cfg.space)
 
@@ -248,11 +258,17 @@ def _method_options(args) -> dict:
         opts["arch_lr"] = args.arch_lr
     if args.no_fused:
         opts["fused"] = False
+    if getattr(args, "order", None) is not None:
+        opts["order"] = args.order
     return opts
 
 
 def _print_summary(search, s: dict) -> None:
-    print(f"derived architecture: {search.cfg.space}[{' '.join(s['arch'])}]")
+    space = search.space
+    if getattr(space, "kind", "chain") == "cell":
+        print(f"derived genotype: {space.describe(s['arch'])}")
+    else:
+        print(f"derived architecture: {search.cfg.space}[{' '.join(s['arch'])}]")
     if s["predicted_latency_ms"] is not None:
         lo, hi = s["range_ms"]
         tgt = f"target {s['target_ms']:.3f} ms" if s["target_ms"] is not None else "no target"
@@ -261,7 +277,8 @@ def _print_summary(search, s: dict) -> None:
         print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; space range {lo:.3f}-{hi:.3f} ms; "
               f"table {search.cfg.table})")
     print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f}")
-    print(f"run directory: {s['run_dir']} (arch.json, child.pt, metrics.csv, log.txt); "
+    inherited = "child.pt, " if (Path(s["run_dir"]) / "child.pt").exists() else ""
+    print(f"run directory: {s['run_dir']} (arch.json, {inherited}metrics.csv, log.txt, alpha_evolution.png); "
           f"next: hwnas export --onnx, hwnas train --arch {s['run_dir']}")
 
 
@@ -398,8 +415,18 @@ def cmd_latency(args) -> int:
             print(f"calibrated: predictions = {c['a']:.3f} ms + {c['b']:.3f} x (sum of rows), fitted by "
                   f"`hwnas latency validate` on {c.get('fit_samples', '?')} networks; every figure below includes it")
         (lo, lo_t), (hi, hi_t) = model.extremes()
-        print(f"fastest architecture {lo:.3f} ms: {' '.join(lo_t)}")
-        print(f"slowest architecture {hi:.3f} ms: {' '.join(hi_t)}")
+        cell = getattr(space, "kind", "chain") == "cell"
+        name = (lambda t: space.describe(t)) if cell else (lambda t: " ".join(t))  # noqa: E731
+        print(f"fastest architecture {lo:.3f} ms: {name(lo_t)}")
+        print(f"slowest architecture {hi:.3f} ms: {name(hi_t)}")
+        if cell:
+            print(f"fixed parts (stem, every cell's preprocessing, classifier): {model.fixed_ms:.3f} ms")
+            print(f"{'edge':>14} {'min ms':>8} {'max ms':>8}  fastest / slowest op (summed over the cells of its type)")
+            for i, e in enumerate(space.decisions()):
+                lat = model.layer(i)[1:]
+                print(f"{e.name:>14} {float(lat.min()):>8.3f} {float(lat.max()):>8.3f}  "
+                      f"{e.choices[1 + int(lat.argmin())]} / {e.choices[1 + int(lat.argmax())]}")
+            return 0
         print(f"fixed parts (stem, first block, head, classifier): {model.fixed_ms:.3f} ms")
         print(f"{'layer':>5} {'stage':>5} {'min ms':>8} {'max ms':>8}  fastest / slowest candidate")
         plan = space.plan(config)
@@ -460,7 +487,11 @@ def _latency_validate(args, table) -> int:
 def _add_space_opts(p, space_default="proxyless"):
     from hwnas.spaces import SPACES
 
-    p.add_argument("--space", default=space_default, choices=sorted(SPACES), help="search space (default %(default)s)")
+    help_default = ("the method's: darts for the DARTS family, else proxyless" if space_default is None
+                    else space_default)
+    p.add_argument("--space", default=space_default, choices=sorted(SPACES), help=f"search space (default {help_default})")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="space config override (repeatable), e.g. search_C=8 search_layers=5 on darts")
     p.add_argument("--resolution", type=int, default=None, help="deploy input resolution (default 224)")
     p.add_argument("--width-mult", dest="width_mult", type=float, default=None, help="width multiplier (default 1.0)")
 
@@ -505,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="latency-aware architecture search")
     p.add_argument("--method", default="proxyless", choices=sorted(STRATEGIES))
-    _add_space_opts(p)
+    _add_space_opts(p, space_default=None)
     p.add_argument("--latency-target", default=None,
                    help="e.g. 20ms, 800us, or 40%% (that far from the fastest to the slowest architecture)")
     p.add_argument("--latency-table", default=None, help="latency table to use (default: this machine's, profiled if absent)")
@@ -515,8 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="search for accuracy alone, no table")
     p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or an image folder")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--warmup-epochs", type=int, default=8, help="weight-only epochs (random paths) before architecture steps")
+    p.add_argument("--train-resolution", type=int, default=None,
+                   help="input size the supernet trains at (default: the data's; digits 32). Latency is always "
+                        "for the deploy --resolution")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="search epochs (default: 16 on a chain space; 2 on the darts cell space, whose search "
+                        "network costs ~5-8 s a step on a 2-core CPU)")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help="weight-only epochs before architecture steps (default: 8 on a chain space, 0 on darts)")
+    p.add_argument("--order", type=int, default=None, choices=[1, 2],
+                   help="darts: first- or second-order architecture gradient (eq. 7-8 of the paper; default 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--arch-every", type=int, default=1, help="an architecture step every N weight steps")
@@ -525,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable), e.g. tau0=5.0 target_step=0.05")
     p.add_argument("--no-fused", action="store_true",
-                   help="fbnet, spnas: run the pure-torch references instead of the fused kernels (to compare the two)")
+                   help="fbnet, spnas, darts, pcdarts, gdas, pdarts: run the pure-torch references instead of the "
+                        "fused kernels (to compare the two)")
     p.add_argument("--device", default="auto", help="where to train: auto (CUDA if present), cpu, cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs", help="where run directories go (default %(default)s)")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from hwnas.export import ArchSource, export
 from hwnas.fsio import atomic_write_text
-from hwnas.latency.constraint import most_probable_within
+from hwnas.latency.constraint import most_probable_cell_within, most_probable_within
 from hwnas.memory import activation_bytes
 from hwnas.search import LOWER_FRACTION, NullProgress, Search, SearchConfig
 from hwnas.spaces import Arch
@@ -44,7 +44,7 @@ log = logging.getLogger("hwnas.compare")
 
 FIELDS = ["entry", "method", "search_s", "step_ms", "child_step_ms", "largest_step_ms", "step_mib", "child_mib",
           "largest_mib", "predicted_ms", "measured_ms", "measured_vs_predicted", "target_ms", "test_acc",
-          "params", "macs", "arch"]
+          "params", "macs", "normal_skip_share", "arch"]
 
 
 @dataclass
@@ -142,7 +142,12 @@ def random_archs_in_window(search: Search, n: int, seed: int) -> list[list[str]]
     while len(out) < n and tries < 50 * n:
         tries += 1
         scores = [rng.gumbel(size=len(v)) for v in layers]
-        idx = most_probable_within(scores, layers, lat.fixed_ms, LOWER_FRACTION * search.target_ms, search.target_ms)
+        if lat.groups is not None:  # a cell space: random genotypes, two edges per node
+            idx = most_probable_cell_within(scores, layers, lat.fixed_ms, LOWER_FRACTION * search.target_ms,
+                                            search.target_ms, lat.groups, keep=lat.keep)
+        else:
+            idx = most_probable_within(scores, layers, lat.fixed_ms, LOWER_FRACTION * search.target_ms,
+                                       search.target_ms)
         tokens = [lat.choices[i][j] for i, j in enumerate(idx)]
         if tuple(tokens) not in seen:
             seen.add(tuple(tokens))
@@ -162,6 +167,10 @@ def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, tabl
                 "macs": count_macs(build_child(arch), (1, 3, res, res)), "predicted_ms": rep.predicted_ms,
                 "measured_ms": rep.measured_ms[stat], "arch": " ".join(arch.layers)})
     row["measured_vs_predicted"] = row["measured_ms"] / row["predicted_ms"] - 1 if row["predicted_ms"] else None
+    if arch.is_cell:  # the DARTS collapse: how many of the normal cell's 8 kept edges are skip-connects
+        normal = arch.space_obj.genotype(arch.layers)["normal"]
+        row["normal_skip_share"] = sum(op == "skip_connect" for op, _ in normal) / len(normal)
+        row["arch"] = arch.space_obj.describe(arch.layers)
     return row
 
 
@@ -261,6 +270,10 @@ def report_markdown(rows: list[dict], cfg: CompareConfig) -> str:
             if r["method"] != "random":
                 verdict = "at least as accurate as" if r["test_acc"] >= med else "LESS accurate than"
                 lines.append(f"- {r['entry']}: {r['test_acc']:.4f}, {verdict} the random median.")
+    for r in rows:
+        if r.get("normal_skip_share") is not None:
+            lines.append(f"- {r['entry']}: {r['normal_skip_share']:.0%} of the normal cell's edges are skip_connect"
+                         f"{' (collapsed)' if r['normal_skip_share'] >= 0.5 else ''}.")
     for r in rows:
         if r.get("step_ms") and r.get("child_step_ms"):
             lines.append(f"- {r['entry']}: weight step {r['step_ms'] / r['child_step_ms']:.2f}x the derived child's, "

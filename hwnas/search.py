@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.data import load_data, make_loaders
-from hwnas.latency.constraint import check_target, most_probable_within, parse_target
+from hwnas.latency.constraint import check_target, most_probable_cell_within, most_probable_within, parse_target
 from hwnas.latency.penalty import LatencyModel
 from hwnas.spaces import Arch, atomic_write_text, get_space
 from hwnas.strategies import get_strategy
@@ -59,6 +59,7 @@ class SearchConfig:
     options: dict = field(default_factory=dict)  # method options (arch_lr, loss, loss_params, ...)
     table: str | None = None  # the latency table path (recorded; loaded by the caller)
     table_device: str | None = None  # the device the table was profiled on (slug)
+    train_resolution: int | None = None  # proxy input size for the search (default: the data's, digits 32)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
@@ -130,7 +131,7 @@ class Search:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.device = torch.device(cfg.device)
         _seed_all(cfg.seed)
-        self.data = load_data(cfg.data, root=cfg.data_root, seed=cfg.seed)
+        self.data = load_data(cfg.data, root=cfg.data_root, seed=cfg.seed, resolution=cfg.train_resolution)
         self.space = get_space(cfg.space)
         self.deploy_config = self.space.resolve_config({**cfg.config, "num_classes": self.data.num_classes})
         if callable(table):
@@ -148,12 +149,19 @@ class Search:
         self.strategy = strategy_cls.build(self.space, self.deploy_config, self.data.resolution, self.data.num_classes,
                                            latency=self.latency, target_ms=self.target_ms if self.binds else None,
                                            **cfg.options).to(self.device)
-        self.w_opt = torch.optim.SGD(self.strategy.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay, nesterov=True)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs)
+        self.strategy.num_epochs = cfg.epochs
+        self._make_weight_optimizer()
         self.train_loader, self.val_loader, self.test_loader = make_loaders(self.data, cfg.batch_size, seed=cfg.seed)
         self.epoch = 0
         self.history: list[dict] = []
+
+    def _make_weight_optimizer(self) -> None:
+        """SGD on the supernet's weights with a cosine schedule to the end of the run (made again when a
+        strategy replaces its supernet, e.g. P-DARTS's next stage: the schedule then spans the epochs left)."""
+        cfg = self.cfg
+        self.w_opt = torch.optim.SGD(self.strategy.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay, nesterov=True)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=max(1, cfg.epochs - getattr(self, "epoch", 0)))
 
     # -- run directory -------------------------------------------------------------------------
     def describe_target(self) -> str:
@@ -179,7 +187,7 @@ class Search:
             atomic_write_text(path, json.dumps(resolved, indent=2) + "\n")
 
     def save_checkpoint(self) -> None:
-        state = {"epoch": self.epoch, "strategy": self.strategy.state_dict(),
+        state = {"epoch": self.epoch, "structure": self.strategy.structure(), "strategy": self.strategy.state_dict(),
                  "arch_opt": self.strategy.arch_optimizer_state(), "w_opt": self.w_opt.state_dict(),
                  "sched": self.sched.state_dict(), "history": self.history,
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
@@ -189,6 +197,9 @@ class Search:
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
+        self.epoch = state["epoch"]
+        if self.strategy.restore_structure(state.get("structure")):
+            self._make_weight_optimizer()
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.load_arch_optimizer_state(state["arch_opt"])
         self.w_opt.load_state_dict(state["w_opt"])
@@ -221,7 +232,9 @@ class Search:
         search_arch = self.epoch >= cfg.warmup_epochs
         val_iter = iter(self.val_loader)
         t0, losses, correct, seen, arch_metrics = time.perf_counter(), [], 0, 0, []
-        s.on_epoch_start(self.epoch)
+        if s.on_epoch_start(self.epoch):
+            log.info("%s replaced its supernet at epoch %d: new weight optimizer", cfg.method, self.epoch + 1)
+            self._make_weight_optimizer()
         s.supernet.train()
         for step, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device), y.to(self.device)
@@ -235,6 +248,8 @@ class Search:
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             if search_arch and step % cfg.arch_every == 0:
+                s.weight_lr = self.w_opt.param_groups[0]["lr"]
+                s.last_train_batch = (x, y)
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
@@ -258,9 +273,13 @@ class Search:
         self.epoch += 1
         self.history.append(row)
         self._append_metrics(row)
+        entry = {"epoch": self.epoch, "layers": tokens,
+                 "probs": [np.exp(lp).round(4).tolist() for lp in s.log_probabilities()]}
+        if getattr(self.space, "kind", "chain") == "cell":
+            entry["genotype"] = self.space.describe(tokens)
+            log.info("genotype after epoch %d: %s", self.epoch, entry["genotype"])
         with open(self.run_dir / "arch_history.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": self.epoch, "layers": tokens,
-                                "probs": [np.exp(lp).round(4).tolist() for lp in s.log_probabilities()]}) + "\n")
+            f.write(json.dumps(entry) + "\n")
         self.save_checkpoint()
         lat = f" argmax {row['argmax_latency_ms']:.2f} ms" if "argmax_latency_ms" in row else ""
         log.info("epoch %d/%d %s loss %.3f train acc %.3f val acc (argmax path) %.3f%s [%.1fs]", self.epoch,
@@ -287,6 +306,11 @@ class Search:
         if not self.binds:
             return tokens
         lat = [self.latency.layer(i).cpu().numpy() for i in range(self.latency.num_layers)]
+        if self.latency.groups is not None:
+            idx = most_probable_cell_within(self.strategy.log_probabilities(), lat, self.latency.fixed_ms,
+                                            LOWER_FRACTION * self.target_ms, self.target_ms, self.latency.groups,
+                                            keep=self.latency.keep)
+            return [c[j] for c, j in zip(self.latency.choices, idx)]
         idx = most_probable_within(self.strategy.log_probabilities(), lat, self.latency.fixed_ms,
                                    LOWER_FRACTION * self.target_ms, self.target_ms)
         return [c[j] for c, j in zip(self.latency.choices, idx)]
@@ -302,15 +326,66 @@ class Search:
                                     "supernet_val_acc": val_acc}}
         arch.save(self.run_dir / "arch.json")
         child_state = self.strategy.supernet.child_state_dict(tokens)
-        tmp = self.run_dir / ".child.pt.tmp"
-        torch.save(child_state, tmp)
-        os.replace(tmp, self.run_dir / "child.pt")
+        if child_state is not None:  # a cell space's derived network is trained from scratch
+            tmp = self.run_dir / ".child.pt.tmp"
+            torch.save(child_state, tmp)
+            os.replace(tmp, self.run_dir / "child.pt")
+        plot_arch_history(self.run_dir)
         summary = {"arch": tokens, "predicted_latency_ms": predicted, "target_ms": self.target_ms,
                    "target_binds": self.binds, "range_ms": getattr(self, "range_ms", None),
                    "supernet_val_acc": val_acc, "epochs": self.epoch, "search_seconds": seconds,
                    "run_dir": str(self.run_dir)}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def plot_arch_history(run_dir: str | os.PathLike) -> Path | None:
+    """``alpha_evolution.png``: every decision's candidate probabilities per epoch (from
+    arch_history.jsonl), one small panel per layer / edge. None if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are a convenience; the data is in arch_history.jsonl
+        return None
+    run_dir = Path(run_dir)
+    path = run_dir / "arch_history.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    space = get_space(cfg.get("space", "proxyless"))
+    if getattr(space, "kind", "chain") == "cell":
+        names = [e.name for e in space.decisions()]
+        choices = [e.choices for e in space.decisions()]
+    else:
+        plan = space.plan(cfg.get("deploy_config") or {})
+        names = [f"layer {i}" for i in range(len(plan.layers))]
+        choices = [p.choices for p in plan.layers]
+    n = len(rows[0]["probs"])
+    cols = 7 if n > 14 else min(n, 5)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.4 * cols, 1.9 * nrows), sharex=True, sharey=True, squeeze=False)
+    epochs = [r["epoch"] for r in rows]
+    for i in range(n):
+        ax = axes[i // cols][i % cols]
+        for j in range(len(rows[0]["probs"][i])):
+            ax.plot(epochs, [r["probs"][i][j] for r in rows], label=choices[i][j] if i < len(choices) else str(j))
+        ax.set_title(names[i] if i < len(names) else str(i), fontsize=7)
+        ax.tick_params(labelsize=6)
+    for k in range(n, nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=7)
+    fig.suptitle(f"{cfg.get('method', '')}: candidate probabilities per epoch", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    out = run_dir / "alpha_evolution.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def new_run_dir(root: str | os.PathLike, method: str, space: str) -> Path:

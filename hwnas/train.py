@@ -55,6 +55,9 @@ def train_child(arch: Arch, out_dir: str | os.PathLike, *, data: str = "digits",
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
+            aux = getattr(model, "aux_logits", None)  # the DARTS evaluation network's auxiliary head
+            if aux is not None:
+                loss = loss + model.auxiliary_weight * F.cross_entropy(aux, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -24,6 +24,8 @@ def synthetic_table(space, config, seed: int = 0) -> DictTable:
 
     from hwnas.latency.space_tables import space_blocks
 
+    from hwnas.spaces.cell_ops import OPS
+
     rng = random.Random(seed)
     rows = {}
     for b in space_blocks(space, config):
@@ -32,5 +34,7 @@ def synthetic_table(space, config, seed: int = 0) -> DictTable:
         if tok.startswith("k"):
             k, e = tok[1:].split("_")[0].split("e")
             scale = int(k) * int(e) / 9
+        elif tok in OPS:  # cell-space ops: dearer further down the list (pools < convs), by channels
+            scale = (1 + OPS.index(tok)) / 4 * int(b.signature.split(":")[1][1:]) / 36
         rows[b.signature] = round(0.05 + 0.1 * scale * (1 + rng.random() * 0.2), 6)
     return DictTable(rows)

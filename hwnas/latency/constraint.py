@@ -96,3 +96,33 @@ def most_probable_within(log_probs: list[np.ndarray], latencies: list[np.ndarray
         choice.append(j)
         end -= int(np.ceil(lat[i][j] / width - 1e-9))
     return choice[::-1]
+
+
+def most_probable_cell_within(log_probs: list[np.ndarray], latencies: list[np.ndarray], fixed_ms: float,
+                              lower_ms: float, upper_ms: float, groups: list[list[int]], keep: int = 2,
+                              none: int = 0, bins: int = 20000) -> list[int]:
+    """``most_probable_within`` for a cell space: indices (one per edge decision) where every node keeps
+    exactly ``keep`` incoming edges with an op other than ``none`` (index ``none``) and the rest are
+    ``none``. Each node becomes one super-layer whose options are every choice of ``keep`` edges and of
+    their ops (at most C(5, 2) * 7^2 = 490), scored by the sum of the chosen ops' log-probabilities, so
+    the unconstrained optimum is the paper's derivation (the strongest edges with their strongest ops)."""
+    from itertools import combinations, product
+
+    options, node_lp, node_lat = [], [], []
+    for group in groups:
+        opts, lps, lats = [], [], []
+        for edges in combinations(group, keep):
+            op_lists = [[j for j in range(len(log_probs[i])) if j != none] for i in edges]
+            for ops in product(*op_lists):
+                opts.append(tuple(zip(edges, ops)))
+                lps.append(sum(float(log_probs[i][j]) for i, j in zip(edges, ops)))
+                lats.append(sum(float(latencies[i][j]) for i, j in zip(edges, ops)))
+        options.append(opts)
+        node_lp.append(np.asarray(lps))
+        node_lat.append(np.asarray(lats))
+    picks = most_probable_within(node_lp, node_lat, fixed_ms, lower_ms, upper_ms, bins=bins)
+    out = [none] * len(log_probs)
+    for opts, k in zip(options, picks):
+        for i, j in opts[k]:
+            out[i] = j
+    return out

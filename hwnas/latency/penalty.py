@@ -39,23 +39,27 @@ class LatencyModel(nn.Module):
         super().__init__()
         self.space, self.config = space, space.resolve_config(config)
         plan = space.plan(self.config)  # the deploy shape: the table's resolution
+        keys = lambda p, t=None: signatures_of(space, p, t, self.config)  # noqa: E731
         self.choices = [p.choices for p in plan.layers]
-        self.layer_signatures = [[space.signature(p, t, self.config) for t in p.choices] for p in plan.layers]
-        self.fixed_signatures = [space.signature(p, None, self.config) for p in plan.fixed]
-        needed = [s for s in self.fixed_signatures if s] + [s for row in self.layer_signatures for s in row if s]
-        table.require(needed)
+        self.layer_signatures = [[keys(p, t) for t in p.choices] for p in plan.layers]
+        fixed_keys = [keys(p) for p in plan.fixed]
+        needed = [s for row in fixed_keys for s in row] + [s for row in self.layer_signatures for ks in row for s in ks]
+        table.require(list(dict.fromkeys(needed)))
         cal = (getattr(table, "meta", None) or {}).get("calibration") if calibrated else None
         if cal is not None and not (cal.get("form") == "affine" and cal.get("b", 0) > 0):
             raise ValueError(f"latency table calibration {cal!r} is not an affine form with b > 0")
         self.calibration = cal
         scale, offset = (cal["b"], cal["a"]) if cal else (1.0, 0.0)
-        look = lambda s: 0.0 if s is None else scale * float(table.latency(s))  # noqa: E731
-        self.fixed_parts = [(p.kind, s, look(s)) for p, s in zip(plan.fixed, self.fixed_signatures)]
+        look = lambda ks: scale * sum(float(table.latency(s)) for s in ks)  # noqa: E731
+        self.fixed_parts = [(p.kind, "+".join(ks) or None, look(ks)) for p, ks in zip(plan.fixed, fixed_keys)]
         if cal:
             self.fixed_parts.append(("calibration offset", None, offset))
         self.fixed_ms = sum(ms for _, _, ms in self.fixed_parts)
         for i, row in enumerate(self.layer_signatures):
-            self.register_buffer(f"lat{i}", torch.tensor([look(s) for s in row], dtype=torch.float64))
+            self.register_buffer(f"lat{i}", torch.tensor([look(ks) for ks in row], dtype=torch.float64))
+        #: cell spaces: decision indices of each node's incoming edges, of which KEEP are kept
+        self.groups = space.node_groups() if getattr(space, "kind", "chain") == "cell" else None
+        self.keep = 2
 
     @property
     def num_layers(self) -> int:
@@ -64,11 +68,27 @@ class LatencyModel(nn.Module):
     def layer(self, i: int) -> torch.Tensor:
         return getattr(self, f"lat{i}")
 
-    def expected(self, probs: list[torch.Tensor]) -> torch.Tensor:
-        """E[LAT] in ms for per-layer probability vectors (differentiable)."""
+    def expected(self, probs: list[torch.Tensor], edge_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """E[LAT] in ms for per-layer probability vectors (differentiable).
+
+        Cell spaces: an edge's op is drawn from its probabilities given that the edge is kept, and a node
+        keeps ``KEEP`` of its incoming edges, edge ``e`` with probability
+        ``min(1, KEEP * w_e / sum_node w)``, ``w_e = 1 - p_e(none)`` (times PC-DARTS's edge weight when
+        ``edge_weights`` is given). At a converged (one-hot) architecture this is the derived genotype's
+        latency; while the weights are soft it is a smooth stand-in whose gradient moves the ops and the
+        edges the way the derivation will read them."""
         if len(probs) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} probability vectors, got {len(probs)}")
-        total = sum((p * self.layer(i).to(p.dtype)).sum() for i, p in enumerate(probs))
+        if self.groups is None:
+            total = sum((p * self.layer(i).to(p.dtype)).sum() for i, p in enumerate(probs))
+            return total + self.fixed_ms
+        total = 0.0
+        for group in self.groups:
+            mass = torch.stack([(probs[i] * self.layer(i).to(probs[i].dtype)).sum() for i in group])
+            kept = torch.stack([1 - probs[i][0] for i in group]).clamp_min(1e-6)  # OPS[0] is none
+            w = kept if edge_weights is None else kept * torch.stack([edge_weights[i] for i in group])
+            share = torch.clamp(self.keep * w / w.sum(), max=1.0)
+            total = total + (share * mass / kept).sum()
         return total + self.fixed_ms
 
     def of_tokens(self, tokens: list[str]) -> float:
@@ -80,16 +100,45 @@ class LatencyModel(nn.Module):
         rows = [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts if kind in ("stem", "first")]
         for i, t in enumerate(tokens):
             j = self.choices[i].index(t)
-            rows.append((f"layer {i} {t}", self.layer_signatures[i][j] or "-", float(self.layer(i)[j])))
+            if self.groups is not None and t == "none":
+                continue
+            rows.append((f"layer {i} {t}", "+".join(dict.fromkeys(self.layer_signatures[i][j])) or "-",
+                         float(self.layer(i)[j])))
         rows += [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts
                  if kind in ("head", "classifier", "calibration offset")]
         return rows
 
     def extremes(self) -> tuple[tuple[float, list[str]], tuple[float, list[str]]]:
-        """((fastest ms, tokens), (slowest ms, tokens)) over the whole space (per-layer min/max)."""
+        """((fastest ms, tokens), (slowest ms, tokens)) over the whole space (per-layer min/max; in a
+        cell space per node the ``KEEP`` edges whose cheapest / dearest op is cheapest / dearest)."""
+        if self.groups is not None:
+            return self._cell_extreme(min), self._cell_extreme(max)
         lo = [self.choices[i][int(torch.argmin(self.layer(i)))] for i in range(self.num_layers)]
         hi = [self.choices[i][int(torch.argmax(self.layer(i)))] for i in range(self.num_layers)]
         return (self.of_tokens(lo), lo), (self.of_tokens(hi), hi)
+
+
+    def _cell_extreme(self, pick) -> tuple[float, list[str]]:
+        tokens = ["none"] * self.num_layers
+        for group in self.groups:
+            best = []
+            for i in group:
+                lat = self.layer(i)[1:]  # every op but none
+                j = int(torch.argmin(lat) if pick is min else torch.argmax(lat)) + 1
+                best.append((float(self.layer(i)[j]), i, j))
+            best.sort(reverse=pick is max)
+            for _, i, j in best[: self.keep]:
+                tokens[i] = self.choices[i][j]
+        return self.of_tokens(tokens), tokens
+
+
+def signatures_of(space, part, token=None, config=None) -> list[str]:
+    """Every table key ``part`` with ``token`` runs (a cell space's edge runs in several cells; a chain
+    layer is one block, or none for an identity)."""
+    if hasattr(space, "signatures"):
+        return space.signatures(part, token, config)
+    sig = space.signature(part, token, config)
+    return [] if sig is None else [sig]
 
 
 def latency_loss(ce: torch.Tensor, expected_ms: torch.Tensor, target_ms: float, form: str = "mul#log",

@@ -36,6 +36,8 @@ def space_blocks(space: ChainSpace, config: dict, batch: int = 1) -> list[BlockS
     the fixed parts (stem, first block, head, classifier) and every candidate of every layer.
     Identities (``skip`` where the shape is kept) cost nothing and are not listed."""
     cfg = space.resolve_config(config)
+    if getattr(space, "kind", "chain") == "cell":  # every op at every (cell, edge) shape it runs at
+        return [BlockSpec(sig, build, (batch, *shape)) for sig, build, shape in space.profiled_blocks(cfg)]
     plan = space.plan(cfg)
     items: list[tuple[Part, str | None]] = [(p, None) for p in plan.fixed]
     items += [(p, t) for p in plan.layers for t in p.choices]

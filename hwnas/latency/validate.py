@@ -99,6 +99,8 @@ def sample_archs(space: ChainSpace, config: dict, n: int, seed: int = 0, *, samp
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling {sampling!r}; use one of {', '.join(SAMPLINGS)}")
     rng = random.Random(seed)
+    if getattr(space, "kind", "chain") == "cell":
+        return _sample_genotypes(space, n, rng, sampling, model, width)
     plan = space.plan(config)
     ranks = []
     if sampling == "spread":
@@ -115,6 +117,31 @@ def sample_archs(space: ChainSpace, config: dict, n: int, seed: int = 0, *, samp
             q = rng.random()
             tokens = [rng.choices(p.choices, weights=np.exp(-((r - q) ** 2) / (2 * width**2)).tolist())[0]
                       for p, r in zip(plan.layers, ranks, strict=True)]
+        if tuple(tokens) not in seen:
+            seen.add(tuple(tokens))
+            out.append(tokens)
+    return out
+
+
+def _sample_genotypes(space, n: int, rng: random.Random, sampling: str, model, width: float) -> list[list[str]]:
+    """Random genotypes: per node ``KEEP`` distinct incoming edges drawn uniformly, each an op other than
+    ``none`` drawn uniformly (``"uniform"``) or by its latency rank around a per-genotype level (``"spread"``)."""
+    if sampling == "spread" and model is None:
+        raise ValueError("sampling 'spread' needs the latency model to rank the tokens")
+    decisions = space.decisions()
+    out, seen = [], set()
+    while len(out) < n:
+        q = rng.random()
+        tokens = ["none"] * len(decisions)
+        for group in space.node_groups():
+            for i in rng.sample(group, 2):
+                ops = [o for o in decisions[i].choices if o != "none"]
+                if sampling == "uniform":
+                    tokens[i] = rng.choice(ops)
+                else:
+                    lat = np.asarray(model.layer(i), float)[1:]
+                    r = np.argsort(np.argsort(lat, kind="stable"), kind="stable") / max(1, len(ops) - 1)
+                    tokens[i] = rng.choices(ops, weights=np.exp(-((r - q) ** 2) / (2 * width**2)).tolist())[0]
         if tuple(tokens) not in seen:
             seen.add(tuple(tokens))
             out.append(tokens)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dataclasses import replace
+
 from hwnas.mixed.base import MixedOp
+from hwnas.mixed.factory import CandidateFactory
 from hwnas.spaces.chain import ChainSpace, Plan
 
 
 class ChainSupernet(nn.Module):
+    kind = "chain"
+
     def __init__(self, space: ChainSpace, config: dict, mixed_op: type[MixedOp], resolution: int | None = None,
                  num_classes: int | None = None):
         super().__init__()
@@ -22,7 +27,10 @@ class ChainSupernet(nn.Module):
         mixed = []
         for i, p in enumerate(self.plan.layers):
             try:
-                mixed.append(mixed_op.build(p.choices, lambda t, p=p: make(p, t)))
+                factory = CandidateFactory(
+                    lambda t, d, p=p: make(replace(p, cin=p.cin // d, cout=p.cout // d) if d > 1 else p, t),
+                    p.cin, p.cout, p.stride)
+                mixed.append(mixed_op.build(p.choices, factory))
             except ValueError as e:
                 raise ValueError(f"space {space.name!r}, layer {i}: {e}") from None
         self.mixed = nn.ModuleList(mixed)
@@ -32,6 +40,14 @@ class ChainSupernet(nn.Module):
     @property
     def choices(self) -> list[tuple[str, ...]]:
         return [m.tokens for m in self.mixed]
+
+    def decision_ops(self, i: int) -> list[MixedOp]:
+        """The mixed ops that decision ``i`` (layer ``i``) configures: just that layer's."""
+        return [self.mixed[i]]
+
+    def derive(self, log_probs) -> list[str]:
+        """The most probable candidate of every layer."""
+        return [c[int(lp.argmax())] for c, lp in zip(self.choices, log_probs, strict=True)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first(self.stem(x))

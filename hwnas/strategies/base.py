@@ -50,6 +50,14 @@ class Strategy(nn.Module, metaclass=ABCMeta):
 
     name = ""
     mixed_op: type[MixedOp] = MixedOp
+    #: the spaces the method applies to (None: every chain space); others are refused by ``build``
+    spaces: tuple[str, ...] | None = None
+    #: the space ``hwnas search --method NAME`` uses when no --space is given
+    default_space = "proxyless"
+    #: set by the search loop: total epochs, the weights' current learning rate, the last training batch
+    num_epochs: int | None = None
+    weight_lr: float | None = None
+    last_train_batch: tuple[torch.Tensor, torch.Tensor] | None = None
     #: option name -> default; the CLI exposes them as --opt KEY=VALUE and records them in the run.
     defaults: dict = {}
 
@@ -68,8 +76,36 @@ class Strategy(nn.Module, metaclass=ABCMeta):
                            if latency is not None and target_ms is not None else None)
 
     @classmethod
+    def check_space(cls, space) -> None:
+        """Raise ValueError (one line) when the method does not apply to ``space``."""
+        kind = getattr(space, "kind", "chain")
+        allowed = cls.spaces
+        if (allowed is None and kind != "chain") or (allowed is not None and space.name not in allowed):
+            where = "every chain space (proxyless, fbnet, spnas)" if allowed is None else ", ".join(allowed)
+            others = sorted(n for n, c in STRATEGIES.items()
+                            if (c.spaces is None and kind == "chain") or (c.spaces and space.name in c.spaces))
+            raise ValueError(f"method {cls.name!r} does not apply to space {space.name!r} (it runs on {where}); "
+                             f"methods for {space.name!r}: {', '.join(others)}")
+
+    @classmethod
+    def default_epochs(cls, space) -> tuple[int, int]:
+        """(search epochs, weight-only warm-up epochs) when the user gives none: 16/8 on a chain space;
+        on the cell space 2/0 (its search network costs ~5-8 s a batch-32 step on a 2-core CPU, and the
+        DARTS family updates alpha from the first epoch)."""
+        return (2, 0) if getattr(space, "kind", "chain") == "cell" else (16, 8)
+
+    @classmethod
     def build(cls, space, config: dict, resolution: int, num_classes: int, **kwargs) -> "Strategy":
-        return cls(ChainSupernet(space, config, cls.mixed_op, resolution, num_classes), **kwargs)
+        cls.check_space(space)
+        return cls(cls.make_supernet(space, config, resolution, num_classes, **kwargs), **kwargs)
+
+    @classmethod
+    def make_supernet(cls, space, config: dict, resolution: int, num_classes: int, **kwargs) -> nn.Module:
+        if getattr(space, "kind", "chain") == "cell":
+            from hwnas.mixed.cell_supernet import CellSupernet
+
+            return CellSupernet(space, config, cls.mixed_op, resolution, num_classes)
+        return ChainSupernet(space, config, cls.mixed_op, resolution, num_classes)
 
     # -- reading the architecture -------------------------------------------------------------
     def probabilities(self) -> list[torch.Tensor]:
@@ -79,8 +115,9 @@ class Strategy(nn.Module, metaclass=ABCMeta):
         return [F.log_softmax(a.detach().double(), dim=-1).cpu().numpy() for a in self.alpha]
 
     def derive(self) -> list[str]:
-        """The most probable candidate of every layer."""
-        return [c[int(torch.argmax(a))] for c, a in zip(self.supernet.choices, self.alpha)]
+        """The supernet's derivation from ``log_probabilities()`` (chain: the most probable candidate of
+        every layer; cell: the strongest two edges per node, see ``CellSupernet.derive``)."""
+        return self.supernet.derive(self.log_probabilities())
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha)
@@ -127,8 +164,17 @@ class Strategy(nn.Module, metaclass=ABCMeta):
             return {}
         return {"latency_multiplier": self._target_multiplier().update(expected)}
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before epoch ``epoch`` (0-based), on resume too; schedules live here."""
+    def on_epoch_start(self, epoch: int) -> bool | None:
+        """Called before epoch ``epoch`` (0-based), on resume too; schedules live here. Returns True when
+        it replaced the supernet's parameters (P-DARTS's stages): the loop then makes a new optimizer."""
+
+    def structure(self) -> dict | None:
+        """What a checkpoint needs to rebuild the supernet's shape before loading it (None: fixed)."""
+        return None
+
+    def restore_structure(self, structure: dict | None) -> bool:
+        """Rebuild to ``structure`` (from ``structure()``); True when the parameters changed."""
+        return False
 
     # -- steps (every method defines them) ---------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,66 @@
+"""Every (strategy, space) pair: allowed pairs run one weight step and one latency-aware architecture step
+under a target; the others are refused with a one-line message naming the methods that do apply."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwnas.latency.penalty import LatencyModel
+from hwnas.spaces import SPACES, get_space
+from hwnas.strategies import STRATEGIES, get_strategy
+from tests.helpers import synthetic_table
+
+SMALL = {"chain": {"width_mult": 0.25, "num_classes": 4}, "cell": {"search_C": 4, "search_layers": 3, "num_classes": 4}}
+PAIRS = [(m, s) for m in sorted(STRATEGIES) for s in sorted(SPACES)]
+
+
+def allowed(method: str, space: str) -> bool:
+    cls, kind = STRATEGIES[method], getattr(SPACES[space], "kind", "chain")
+    if cls.spaces is None:
+        return kind == "chain" and not (method == "spnas" and space == "fbnet")  # spnas: no grid on fbnet
+    return space in cls.spaces
+
+
+def test_the_family_is_registered_where_the_issue_asks():
+    for m in ("darts", "pcdarts", "gdas"):
+        assert {"darts", "proxyless", "fbnet"} <= set(STRATEGIES[m].spaces)
+    assert STRATEGIES["pdarts"].spaces == ("darts",)
+
+
+@pytest.mark.parametrize("method, space", PAIRS)
+def test_one_search_step_or_a_clear_refusal(method, space):
+    sp = get_space(space)
+    cfg = sp.resolve_config(SMALL[getattr(sp, "kind", "chain")])
+    cls = get_strategy(method)
+    if not allowed(method, space):
+        with pytest.raises(ValueError) as e:
+            cls.build(sp, cfg, 32, 4)
+        msg = str(e.value)
+        assert "\n" not in msg and (f"does not apply to space {space!r}" in msg or "grid" in msg)
+        return
+    torch.manual_seed(0)
+    lat = LatencyModel(synthetic_table(sp, cfg), sp, cfg)
+    target = lat.extremes()[0][0] * 1.2
+    s = cls.build(sp, cfg, 32, 4, latency=lat, target_ms=target)
+    s.num_epochs = 3
+    s.on_epoch_start(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4,))
+    before = [p.detach().clone() for p in s.weight_parameters()]
+    s.sample_weight_path()
+    loss = F.cross_entropy(s.supernet(x), y)
+    loss.backward()
+    with torch.no_grad():
+        for p in s.weight_parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    assert any(not torch.equal(a, b) for a, b in zip(before, s.weight_parameters()))
+    alphas = [a.detach().clone() for a in s.arch_parameters()]
+    s.last_train_batch, s.weight_lr = (x, y), 0.05
+    metrics = s.arch_step(x, y)
+    assert metrics["latency_multiplier"] > 0  # the expected latency is above a near-fastest target
+    assert any(not torch.equal(a, b) for a, b in zip(alphas, s.arch_parameters()))
+    tokens = s.derive()
+    from hwnas.spaces import Arch
+
+    Arch(space, sp.resolve_config({}) if getattr(sp, "kind", "chain") == "cell" else cfg, tokens)  # a valid Arch
+    s.set_eval_path(tokens)
+    assert s.supernet(x).shape == (4, 4)
