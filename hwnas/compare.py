@@ -222,6 +222,7 @@ def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=
         rows.append(_finish_entry(row, arch, run_dir, cfg, tables["t"], _threads(tables["t"])))
         atomic_write_text(run_dir / "entry.json", json.dumps(rows[-1], indent=2) + "\n")
         _write_report(rows, out, cfg)
+    _write_report(rows, out, cfg)  # also when a resumed compare found every entry finished
     return rows
 
 

@@ -307,10 +307,12 @@ class Search:
             return tokens
         lat = [self.latency.layer(i).cpu().numpy() for i in range(self.latency.num_layers)]
         if self.latency.groups is not None:
-            idx = most_probable_cell_within(self.strategy.log_probabilities(), lat, self.latency.fixed_ms,
-                                            LOWER_FRACTION * self.target_ms, self.target_ms, self.latency.groups,
-                                            keep=self.latency.keep)
-            return [c[j] for c, j in zip(self.latency.choices, idx)]
+            def within(lp):
+                idx = most_probable_cell_within(lp, lat, self.latency.fixed_ms, LOWER_FRACTION * self.target_ms,
+                                                self.target_ms, self.latency.groups, keep=self.latency.keep)
+                return [c[j] for c, j in zip(self.latency.choices, idx)]
+            limit = getattr(self.strategy, "limit_skips", None)  # P-DARTS: at most 2 skip-connects, target or not
+            return limit(self.strategy.log_probabilities(), within) if limit else within(self.strategy.log_probabilities())
         idx = most_probable_within(self.strategy.log_probabilities(), lat, self.latency.fixed_ms,
                                    LOWER_FRACTION * self.target_ms, self.target_ms)
         return [c[j] for c, j in zip(self.latency.choices, idx)]

@@ -57,8 +57,10 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
         raise AssertionError("a finished entry was trained again")
 
     monkeypatch.setattr(cmp_mod, "train_child", no_training)
+    (tmp_path / "cmp" / "report.md").unlink()
     again = compare(cfg, tmp_path / "cmp", table)  # everything finished: nothing is redone
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]
+    assert (tmp_path / "cmp" / "report.md").read_text() == report  # the report is written again, whole
 
 
 def test_compare_refuses_a_target_that_does_not_bind(tmp_path):

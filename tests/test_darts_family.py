@@ -313,3 +313,24 @@ def test_cell_expected_latency_has_gradients_for_ops_and_edges():
     assert all(a.grad is not None and float(a.grad.abs().sum()) > 0 for a in alpha[2:])
     assert math.isfinite(float(alpha[0].grad.sum()))
     assert len(EDGES) == 14
+
+
+def test_pdarts_skip_limit_holds_under_a_latency_target():
+    """Skip-connects cost nothing, so a tight target pulls the constrained derivation towards them: the
+    limit must hold there too."""
+    model, cfg = _model()
+    s = get_strategy("pdarts").build(SPACE, SPACE.resolve_config(TINY), 8, 3)
+    skip = OPS.index("skip_connect")
+    lp = [np.log(np.full(8, 0.1)) for _ in range(28)]
+    for i in range(14):
+        lp[i][skip] = np.log(0.3)
+    lat = [model.layer(i).numpy() for i in range(28)]
+    (lo, _), (hi, _) = model.extremes()
+    t = lo + 0.3 * (hi - lo)
+
+    def within(lp_):
+        return [OPS[j] for j in most_probable_cell_within(lp_, lat, model.fixed_ms, 0.9 * t, t, model.groups)]
+    assert sum(tok == "skip_connect" for tok in within(lp)[:14]) > 2
+    tokens = s.limit_skips(lp, within)
+    assert sum(tok == "skip_connect" for tok in tokens[:14]) <= 2
+    assert 0.9 * t <= model.of_tokens(tokens) <= t + 1e-9

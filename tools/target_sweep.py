@@ -30,7 +30,13 @@ def main() -> None:
     ap.add_argument("--warmup-epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--measure", action="store_true", help="export each derived model and measure it")
+    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                    help="space config override, e.g. search_C=8 on darts (values parsed as JSON)")
+    ap.add_argument("--train-resolution", type=int, default=None)
     args = ap.parse_args()
+    import json
+
+    config = {k: json.loads(v) for k, v in (c.split("=", 1) for c in args.config)}
     meta = LatencyTable.load(args.table).meta
 
     def table_for(sp, deploy_config):
@@ -45,20 +51,27 @@ def main() -> None:
     for method in args.methods:
         for t in args.targets:
             cfg = SearchConfig(method=method, space=args.space, latency_target=t, epochs=args.epochs,
-                               warmup_epochs=args.warmup_epochs, seed=args.seed, table=args.table)
+                               warmup_epochs=args.warmup_epochs, seed=args.seed, table=args.table, config=config,
+                               train_resolution=args.train_resolution)
             with tempfile.TemporaryDirectory() as run:
                 s = Search(cfg, run, table=table_for)
                 r = s.run()
                 measured = "-"
                 if args.measure:
-                    src = ArchSource(Arch.load(Path(run) / "arch.json"), run, Path(run), Path(run) / "child.pt")
+                    child = Path(run) / "child.pt"
+                    src = ArchSource(Arch.load(Path(run) / "arch.json"), run, Path(run), child if child.exists() else None)
                     table = LatencyTable.load(args.table)
                     rep = export(src, Path(run) / "model.onnx", threads=int(meta.get("threads", 1)), table=table,
                                  iterations=100)
                     m = rep.measured_ms[table.statistic]
                     measured = f"{m:>8.3f} {m / rep.predicted_ms - 1:>+9.1%}"
             print(f"{method:>9} {t:>7} {r['target_ms']:>7.3f} {r['predicted_latency_ms']:>8.3f} "
-                  f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f} {measured}  {' '.join(r['arch'])}", flush=True)
+                  f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f} {measured}  {_name(s, r['arch'])}", flush=True)
+
+
+def _name(search, tokens) -> str:
+    space = search.space
+    return space.describe(tokens) if getattr(space, "kind", "chain") == "cell" else " ".join(tokens)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,15 @@ A strategy is an ``nn.Module`` that owns the supernet and its architecture param
 - ``arch_step(x, y)`` for an architecture step on a validation batch (after warm-up),
 - ``set_eval_path(tokens)`` to evaluate one child inside the supernet,
 - ``log_probabilities()`` / ``derive()`` to read the architecture,
-- ``on_epoch_start(epoch)`` before each epoch (schedules such as FBNet's temperature).
+- ``on_epoch_start(epoch)`` before each epoch (schedules such as FBNet's temperature); a True return
+  means the strategy replaced its supernet (P-DARTS's stages) and the loop makes a new optimizer;
+  ``structure()`` / ``restore_structure()`` let a checkpoint rebuild that shape before loading.
+
+The loop also sets ``num_epochs``, ``weight_lr`` and ``last_train_batch`` (second-order DARTS unrolls
+one weight step on it). A strategy names the spaces it applies to (``spaces``; None: every chain
+space) and its default space; ``build`` refuses the others in one line. It reaches its mixed ops only
+through ``supernet.decision_ops(i)`` (one op per chain layer; one per cell of a type for a cell edge)
+and derives with ``supernet.derive(log_probs)``, so one strategy runs on chain and cell supernets.
 
 The latency term is shared: ``objective(ce)`` returns the method's own loss form without a target
 (``unconstrained_loss``) and, with ``--latency-target``, the method's targeted form

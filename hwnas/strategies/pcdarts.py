@@ -18,6 +18,8 @@ log says how many layers run partially). The paper's optimizer settings for CIFA
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,8 @@ from torch import nn
 from hwnas.mixed.partial_channel import PartialChannelOp
 from hwnas.strategies.base import register
 from hwnas.strategies.darts import DARTS
+
+log = logging.getLogger("hwnas.search")
 
 
 @register
@@ -55,6 +59,8 @@ class PCDARTS(DARTS):
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=self.options["arch_lr"], betas=(0.5, 0.999),
                                          weight_decay=self.options["arch_weight_decay"])
         self.partial_layers = sum(1 for i in range(len(self.alpha)) for op in supernet.decision_ops(i)[:1] if op.k > 1)
+        log.info("pcdarts: %d of %d decisions send 1/%d of their channels through the candidates (the others "
+                 "change shape and run them all)", self.partial_layers, len(self.alpha), int(self.options["k"]))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha) + list(getattr(self, "beta", []))

@@ -131,11 +131,15 @@ class PDARTS(DARTS):
         """DARTS's derivation, then at most ``max_skip`` skip-connects in the normal cell (Sec. 3.3)."""
         return self.limit_skips(self.log_probabilities())
 
-    def limit_skips(self, log_probs: list[np.ndarray]) -> list[str]:
+    def limit_skips(self, log_probs: list[np.ndarray], derive=None) -> list[str]:
+        """Derive (``derive(lp)``, default the supernet's), and while the normal cell has more than
+        ``max_skip`` skip-connects remove the weakest one's skip option and derive again. The search
+        passes its constrained derivation here when a latency target binds."""
+        derive = derive or self.supernet.derive
         lp = [row.copy() for row in log_probs]
         skip = OPS.index("skip_connect")
         while True:
-            tokens = self.supernet.derive(lp)
+            tokens = derive(lp)
             normal_skips = [i for i in range(14) if tokens[i] == "skip_connect"]
             if len(normal_skips) <= int(self.options["max_skip"]):
                 return tokens
