@@ -100,7 +100,6 @@ class DARTS(Strategy):
             loss, ce, expected = self.val_loss(x, y)
             grads = torch.autograd.grad(loss, self.arch_parameters(), allow_unused=True)
         self.apply_arch_grads(grads)
-        self.sample_weight_path()
         return self.arch_metrics(loss, ce, expected)
 
     def second_order_grads(self, x: torch.Tensor, y: torch.Tensor, xi: float | None = None):

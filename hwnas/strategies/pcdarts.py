@@ -83,14 +83,6 @@ class PCDARTS(DARTS):
             self.supernet.set_edge_weights({t: torch.stack(ew[14 * c:14 * (c + 1)])
                                             for c, t in enumerate(("normal", "reduce"))})
 
-    def sample_weight_path(self) -> None:
-        with torch.no_grad():
-            self.configure([w.detach() for w in self.mix_weights()])
-            ew = self.edge_weights()
-            if ew is not None:
-                self.supernet.set_edge_weights({t: torch.stack(ew[14 * c:14 * (c + 1)]).detach()
-                                                for c, t in enumerate(("normal", "reduce"))})
-
     def set_eval_path(self, tokens: list[str]) -> None:
         super().set_eval_path(tokens)
         if len(self.beta):
@@ -111,6 +103,3 @@ class PCDARTS(DARTS):
         lp = super().log_probabilities()
         elw = self.edge_log_weights()
         return lp if elw is None else [row + e for row, e in zip(lp, elw)]
-
-    def derive(self) -> list[str]:
-        return self.supernet.derive(self.log_probabilities())
