@@ -383,7 +383,8 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else (src.run_dir or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-train")
     _log_to_file(out / "train_log.txt")
     r = train_child(src.arch, out, data=args.data, data_root=args.data_root, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device, progress=Progress)
+                    batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                    seed=args.seed, device=device, progress=Progress)
     print(f"trained {src.arch} for {r['epochs']} epochs on {r['data']}: test accuracy {r['test_acc']:.4f} "
           f"(val {r['val_acc']:.4f}), {r['params']:,} parameters; weights {out / 'trained.pt'}")
     return 0
@@ -614,7 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate, cosine-annealed (default: 0.05 on chain spaces, 0.025 on darts)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: 4e-5 chain spaces, 3e-4 darts")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the gradient norm at this value; 0 turns it off (default: off on chain spaces, 5 on darts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
