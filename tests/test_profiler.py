@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 
 import numpy as np
@@ -377,3 +378,55 @@ def test_device_slug(monkeypatch):
     assert device_slug(torch.device("cpu"), threads=2) == "cpu-intel-xeon-platinum-8375c-2t"
     monkeypatch.setattr(device_mod, "cpu_model_name", lambda: "AMD EPYC 7763 64-Core Processor / x86_64 (β)")
     assert device_slug("cpu", 16) == "cpu-amd-epyc-7763-64-core-x86-64-16t"
+
+
+# --------------------------------------------------------------------------------------------- allocator
+
+
+def _heap_range() -> tuple[int, int] | None:
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            lo, hi = line.split()[0].split("-")
+            return int(lo, 16), int(hi, 16)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_keep_heap_serves_big_buffers_from_the_heap():
+    """glibc serves a 64 MiB malloc with mmap under its defaults (the dynamic threshold stops at 32 MiB);
+    with the heap kept the same request comes from the brk heap, and freeing it keeps the memory."""
+    import ctypes
+
+    from hwnas.latency import allocator
+
+    if allocator._libc() is None:
+        pytest.skip("no glibc here")
+    assert allocator.keep_heap() == allocator.KEPT_HEAP
+    assert allocator.keep_heap() == allocator.KEPT_HEAP and allocator.heap_regime() == allocator.KEPT_HEAP
+    libc = allocator._libc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    ptr = libc.malloc(64 << 20)
+    try:
+        heap = _heap_range()
+        assert heap is not None and heap[0] <= ptr < heap[1], (hex(ptr), heap)
+    finally:
+        libc.free(ptr)
+    assert allocator.DEPLOY_ENV["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
+
+
+def test_torch_cpu_tables_record_the_heap_and_refuse_to_mix(tmp_path):
+    from hwnas.latency.allocator import heap_regime
+
+    path = tmp_path / "t.csv"
+    profile_blocks([Builds().spec("c2", 2)], path, meta=META, **FAST)
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["allocator"] == heap_regime()
+    del meta["allocator"]  # a table profiled before the heap was kept
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(LatencyTableError, match=r"allocator None \(table\) != '.+' \(now\)"):
+        profile_blocks(Builds().specs(), path, meta=META, **FAST)
+    ort_path = tmp_path / "o.csv"
+    profile_blocks([Builds().spec("c2", 2)], ort_path, meta=META, **{**FAST, "backend": "onnxruntime"})
+    assert "allocator" not in json.loads(ort_path.with_suffix(".json").read_text())  # ORT has its own arena

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from hwnas.device import device_info
+from hwnas.latency.allocator import keep_heap
 from hwnas.latency.table import LatencyTable, LatencyTableError, library_versions, table_files
 from hwnas.latency.timing import PROVIDERS, Runner, measure_interleaved, runtime, summarize
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Sidecar keys that must agree between an existing table and a resumed profile: mixing rows measured
 # under different settings in one table would make it silently wrong.
-_RESUME_KEYS = ("space", "resolution", "batch", "dtype", "backend", "mode", "provider", "threads")
+_RESUME_KEYS = ("space", "resolution", "batch", "dtype", "backend", "mode", "provider", "threads", "allocator")
 
 
 @dataclass
@@ -170,6 +171,8 @@ def profile_blocks(
         "rounds": int(rounds),
         "statistic": statistic,
     }
+    if backend == "torch" and device.type == "cpu":  # how torch's activations were allocated (allocator.py)
+        full_meta["allocator"] = keep_heap()
     table = _open_table(path, full_meta)
     unique = _dedupe(blocks)
     todo = [b for b in unique if not (only_missing and b.signature in table)]

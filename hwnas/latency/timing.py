@@ -5,7 +5,7 @@
 interleaved rounds beside others (``measure_interleaved``):
 
 - ``"torch"``: eager, ``eval()`` + ``torch.inference_mode()``, ``torch.set_num_threads(threads)`` on CPU
-  (restored afterwards), ``torch.cuda.synchronize()`` inside the timed region on CUDA.
+  (restored afterwards) with glibc's heap kept (``hwnas.latency.allocator.keep_heap``), ``torch.cuda.synchronize()`` inside the timed region on CUDA.
   ``mode`` picks how torch runs it: ``"eager"``; ``"compile"`` (``torch.compile``, compiled during the
   warm-up); ``"cudagraph"`` (CUDA only: the forward captured once in a CUDA graph on a static input,
   each timed call copies the input in and replays the graph).
@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from hwnas.latency.allocator import keep_heap
 
 __all__ = [
     "BACKENDS",
@@ -403,6 +405,8 @@ class Runner:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.backend, self.device, self.threads, self._warm = backend, device, int(threads), False
+        if backend == "torch" and device.type == "cpu":
+            keep_heap()  # see hwnas.latency.allocator: torch eager's per-call mmaps otherwise dominate
         module = copy.deepcopy(module).eval().to(device=device, dtype=tdtype)
         inputs = random_inputs(input_shape, n_inputs, dtype=tdtype, device=device, seed=seed)
         if device.type == "cuda":
