@@ -469,13 +469,20 @@ def _latency_validate(args, table) -> int:
 
     rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
                    rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, chunk=args.chunk,
-                   progress=progress)
+                   repeats=args.repeats, progress=progress)
     for name, fig in (("plain sum", rep.before), ("calibrated", rep.after)):
         print(f"{name:>10}: {fig['within_5pct']:.0%} within +-5%, {fig['within_10pct']:.0%} within +-10%, "
               f"MAPE {fig['mape']:.1%}, mean error {fig['mean_signed_error']:+.1%}, Kendall tau {fig['kendall_tau']:.3f} "
               f"({fig['n']} held-out networks)")
     c = rep.calibration
     print(f"calibration: measured = {c['a']:.3f} ms + {c['b']:.3f} x sum (fit on {c['fit_samples']} other networks)")
+    r = rep.repeatability
+    if r:
+        print(f"noise floor: {r['n']} networks built twice and timed in the same rounds agreed within +-5% in "
+              f"{r['within_5pct']:.0%}, within +-10% in {r['within_10pct']:.0%} (median difference "
+              f"{r['median_abs_diff']:.1%}, largest {r['max_abs_diff']:.1%}): with that noise a perfect predictor "
+              f"would land within +-10% of one measurement about {r['perfect_within_10pct']:.0%} of the time "
+              f"(+-5%: {r['perfect_within_5pct']:.0%})")
     if not args.no_store:
         table.meta["calibration"] = c
         table.save(table.path)
@@ -647,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chunk", type=int, default=None,
                    help="prepare and time this many networks at a time (default: all, interleaved; fewer bound "
                         "memory but expose the figures to the machine's drift over minutes)")
+    q.add_argument("--repeats", type=int, default=10,
+                   help="networks also built and timed a second time, for the measurement's own noise floor "
+                        "(default %(default)s; 0: none)")
     q.add_argument("--out", default=None, help="report directory (default runs/<stamp>-validate-<space>)")
     q.add_argument("--runs", default="runs")
     q.add_argument("--no-store", action="store_true", help="do not store the calibration in the table")

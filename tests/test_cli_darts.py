@@ -41,9 +41,9 @@ def test_profile_search_export_darts_with_a_target(here, capsys):
     table = next((here / "tables").rglob("darts-r32-b1-fp32.csv"))
     code, out, err = run(capsys, "latency", "show", "--table", str(table))
     assert code == 0 and "fastest architecture" in out and "normal 0->2" in out, err
-    code, out, err = run(capsys, "latency", "validate", "--table", str(table), "--samples", "6", "--iterations", "3",
-                         "--rounds", "1", "--warmup", "1", "--out", "val", "--no-store")
-    assert code == 0 and "Kendall tau" in out, err
+    code, out, err = run(capsys, "latency", "validate", "--table", str(table), "--samples", "6", "--repeats", "2",
+                         "--iterations", "3", "--rounds", "1", "--warmup", "1", "--out", "val", "--no-store")
+    assert code == 0 and "Kendall tau" in out and "noise floor: 2 networks built twice" in out, err
     rows = (here / "val" / "samples.csv").read_text().splitlines()
     assert len(rows) == 7 and (here / "val" / "scatter.png").exists()
 

@@ -98,8 +98,10 @@ def test_validate_end_to_end_on_a_small_real_table(tmp_path):
     table = LatencyTable.load(tmp_path / "t.csv")
     seen = []
     rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5, rounds=2, chunk=3,
-                   min_round_s=0.0, progress=lambda d, n: seen.append((d, n)))
-    assert seen == [(d, 24) for d in range(1, 25)]  # 8 networks prepared + 8 x 2 rounds timed, in 3 chunks
+                   min_round_s=0.0, repeats=2, progress=lambda d, n: seen.append((d, n)))
+    # 8 networks + 2 second instances prepared, each timed in 2 rounds, in 3 chunks
+    assert seen == [(d, 30) for d in range(1, 31)]
+    assert rep.repeatability["n"] == 2 and 0 <= rep.repeatability["within_10pct"] <= 1
     assert rep.samples == 8 and rep.holdout == 4 and rep.calibration["fit_samples"] == 4
     for fig in (rep.before, rep.after):
         assert 0 <= fig["within_10pct"] <= 1 and -1 <= fig["kendall_tau"] <= 1 and fig["n"] == 4
@@ -108,3 +110,37 @@ def test_validate_end_to_end_on_a_small_real_table(tmp_path):
     assert (tmp_path / "v" / "scatter.png").stat().st_size > 1000
     lines = (tmp_path / "v" / "samples.csv").read_text().splitlines()
     assert len(lines) == 9 and "held_out" in lines[-1]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "v" / "samples.csv").open()))
+    assert [bool(r["repeat_ms"]) for r in rows] == [True, True] + [False] * 6  # networks 0 and 1 twice
+
+
+def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
+    """Known answer: networks 0 and 1 measured 10 and 11 ms, their second instances +4% and +12%."""
+    import hwnas.latency.validate as v
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    table = synthetic_table(space, cfg)
+    table.meta = {"backend": "torch", "threads": 1, "resolution": 32, "batch": 1, "dtype": "fp32"}
+
+    class FakeRunner:
+        def __init__(self, *a, **k):
+            pass
+
+    def fake_measure(runners, **kwargs):
+        n = len(runners) - 2  # the last two are the twins of networks 0 and 1
+        stat = lambda ms: {"count": 1, "mean": ms, "std": 0.0, "p10": ms, "p50": ms, "p90": ms}  # noqa: E731
+        return [stat(10.0 + i) for i in range(n)] + [stat(10.0 * 1.04), stat(11.0 * 1.12)]
+
+    monkeypatch.setattr(v, "Runner", FakeRunner)
+    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    rep = validate(table, space, cfg, tmp_path / "v", samples=6, repeats=2, min_round_s=0.0)
+    r = rep.repeatability
+    assert r["n"] == 2 and r["within_5pct"] == 0.5 and r["within_10pct"] == 0.5
+    assert r["median_abs_diff"] == pytest.approx(0.08) and r["max_abs_diff"] == pytest.approx(0.12)
+    # 12% apart is within 10% x sqrt(2) = 14.1% (a perfect predictor's +-10% at this noise), not 5% x sqrt(2)
+    assert r["perfect_within_10pct"] == 1.0 and r["perfect_within_5pct"] == 0.5
+    with pytest.raises(ValueError, match="repeats must be >= 0"):
+        validate(table, space, cfg, tmp_path / "w", samples=6, repeats=-1)

@@ -162,6 +162,7 @@ class ValidationReport:
     sampling: str = "spread"
     rounds: int = 5
     iterations: int = 50
+    repeatability: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,7 +171,7 @@ class ValidationReport:
 def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike, *, samples: int = 100,
              fit_fraction: float = 0.5, seed: int = 0, warmup: int = 10, iterations: int = 50, rounds: int = 5,
              sampling: str = "spread", chunk: int | None = None, min_round_s: float = 1.0,
-             progress=None) -> ValidationReport:
+             repeats: int = 10, progress=None) -> ValidationReport:
     """Measure ``samples`` random architectures (``sample_archs`` with ``sampling``) end to end and write
     ``samples.csv``, ``report.json`` and ``scatter.png`` into ``out_dir``. Networks are taken ``chunk`` at
     a time (default: all at once): prepared (exported, session opened), then timed in ``rounds``
@@ -179,6 +180,12 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     minutes, and chunks of 10 timed one after another turned that drift into a residual correlated +0.48
     with the sample index (spnas, ONNX Runtime: 60% within +-10% instead of 80%). Smaller chunks bound
     the live sessions or modules (torch's oneDNN primitive cache holds 1024 primitives) at that price.
+    The first ``repeats`` networks are also built a second time and timed as separate networks in the
+    same rounds: how often two instances of one network agree (``repeatability``: share within +-5% and
+    +-10%, median and largest difference) is the noise of the measurement itself. Two measurements differ
+    by about sqrt(2) times one measurement's own error, so a perfect predictor would land within +-10% of a
+    single measurement about as often as the twins differ by at most 10% x sqrt(2) (``perfect_within_5pct``,
+    ``perfect_within_10pct``): the ceiling of the figures above on this machine, at this moment.
     ``progress(done, total)`` counts networks prepared and network-rounds timed. Returns the report;
     the caller decides whether to store the calibration in the table (``table.meta["calibration"]``)."""
     meta = table.meta
@@ -188,10 +195,13 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     res, batch = int(meta["resolution"]), int(meta.get("batch", 1))
     model = LatencyModel(table, space, config, calibrated=False)
     archs = sample_archs(space, config, samples, seed, sampling=sampling, model=model)
+    if repeats < 0:
+        raise ValueError(f"repeats must be >= 0, got {repeats}")
+    repeats = min(int(repeats), len(archs))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    total, done, stats = len(archs) * (1 + rounds), 0, []
+    total, done, stats, repeat_stats = (len(archs) + repeats) * (1 + rounds), 0, [], {}
 
     def tick(_d=None, _n=None):
         nonlocal done
@@ -199,22 +209,39 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
         if progress:
             progress(done, total)
 
+    def runner(tokens):
+        net = build_child(Arch(space.name, config, tokens))
+        r = Runner(net, (batch, 3, res, res), backend=backend, device=device, threads=threads,
+                   dtype=meta.get("dtype", "fp32"), mode=mode, provider=provider)
+        tick()
+        return r
+
     chunk = chunk or len(archs)
     for first in range(0, len(archs), chunk):
-        runners = []
-        for tokens in archs[first:first + chunk]:
-            net = build_child(Arch(space.name, config, tokens))
-            runners.append(Runner(net, (batch, 3, res, res), backend=backend, device=device, threads=threads,
-                                  dtype=meta.get("dtype", "fp32"), mode=mode, provider=provider))
-            tick()
-        stats += measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
-                                     min_round_s=min_round_s, progress=tick)
+        indices = list(range(first, min(first + chunk, len(archs))))
+        runners = [runner(archs[i]) for i in indices]
+        twins = [i for i in indices if i < repeats]
+        runners += [runner(archs[i]) for i in twins]  # second instances, timed in the same rounds
+        measured = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
+                                       min_round_s=min_round_s, progress=tick)
+        stats += measured[:len(indices)]
+        repeat_stats.update(zip(twins, measured[len(indices):], strict=True))
         del runners
     stat = getattr(table, "statistic", "p50")  # measured networks are read with the table's own statistic
     rows = [{"index": i, "predicted_sum_ms": model.of_tokens(tokens), "measured_ms": st[stat],
              "measured_p10_ms": st["p10"], "measured_p50_ms": st["p50"], "measured_p90_ms": st["p90"],
              "arch": " ".join(tokens)}
             for i, (tokens, st) in enumerate(zip(archs, stats, strict=True))]
+    for i, st in repeat_stats.items():
+        rows[i]["repeat_ms"] = st[stat]
+    repeatability = None
+    if repeat_stats:
+        diff = np.array([abs(st[stat] / stats[i][stat] - 1) for i, st in repeat_stats.items()])
+        repeatability = {"n": int(len(diff)), "within_5pct": float(np.mean(diff <= 0.05)),
+                         "within_10pct": float(np.mean(diff <= 0.10)), "median_abs_diff": float(np.median(diff)),
+                         "max_abs_diff": float(diff.max()),
+                         "perfect_within_5pct": float(np.mean(diff <= 0.05 * math.sqrt(2))),
+                         "perfect_within_10pct": float(np.mean(diff <= 0.10 * math.sqrt(2)))}
     n_fit = max(2, int(round(fit_fraction * len(rows))))
     fit, held = rows[:n_fit], rows[n_fit:]
     if len(held) < 2:
@@ -228,12 +255,14 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     for r in rows:
         r["split"] = "fit" if r["index"] < n_fit else "held_out"
         r["calibrated_ms"] = apply_calibration(r["predicted_sum_ms"], cal)
+    for r in rows:
+        r.setdefault("repeat_ms", "")
     with open(out / "samples.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     report = ValidationReport(str(getattr(table, "path", "")), space.name, backend, len(rows), len(held), before,
-                              after, cal, time.perf_counter() - started, sampling, rounds, iterations)
+                              after, cal, time.perf_counter() - started, sampling, rounds, iterations, repeatability)
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     _scatter(rows, out / "scatter.png", f"{space.name} on {meta.get('device', {}).get('slug', '?')} ({backend})", stat)
     return report
