@@ -187,7 +187,7 @@ def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=
             tables["t"] = table_for(space, deploy_config)
         return tables["t"]
 
-    rows, template = [], None
+    rows, template, reported = [], None, 0
     for method in cfg.methods:
         scfg = SearchConfig(method=method, space=cfg.space, data=cfg.data, data_root=cfg.data_root, seed=cfg.seed,
                             epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size,
@@ -209,6 +209,7 @@ def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=
         rows.append(_finish_entry(row, arch, out / method, cfg, tables["t"], _threads(tables["t"])))
         atomic_write_text(out / method / "entry.json", json.dumps(rows[-1], indent=2) + "\n")
         _write_report(rows, out, cfg)
+        reported = len(rows)
     for i, tokens in enumerate(random_archs_in_window(template, cfg.random_archs, cfg.seed)):
         log.info("compare: random architecture %d/%d", i + 1, cfg.random_archs)
         arch = Arch(cfg.space, template.deploy_config, tokens)
@@ -222,7 +223,9 @@ def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=
         rows.append(_finish_entry(row, arch, run_dir, cfg, tables["t"], _threads(tables["t"])))
         atomic_write_text(run_dir / "entry.json", json.dumps(rows[-1], indent=2) + "\n")
         _write_report(rows, out, cfg)
-    _write_report(rows, out, cfg)  # also when a resumed compare found every entry finished
+        reported = len(rows)
+    if reported != len(rows):  # a resumed compare whose last entries were already finished
+        _write_report(rows, out, cfg)
     return rows
 
 

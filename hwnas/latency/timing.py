@@ -5,7 +5,8 @@
 interleaved rounds beside others (``measure_interleaved``):
 
 - ``"torch"``: eager, ``eval()`` + ``torch.inference_mode()``, ``torch.set_num_threads(threads)`` on CPU
-  (restored afterwards) with glibc's heap kept (``hwnas.latency.allocator.keep_heap``), ``torch.cuda.synchronize()`` inside the timed region on CUDA.
+  (restored afterwards) with glibc's heap kept (``hwnas.latency.allocator.keep_heap``),
+  ``torch.cuda.synchronize()`` inside the timed region on CUDA.
   ``mode`` picks how torch runs it: ``"eager"``; ``"compile"`` (``torch.compile``, compiled during the
   warm-up); ``"cudagraph"`` (CUDA only: the forward captured once in a CUDA graph on a static input,
   each timed call copies the input in and replays the graph).

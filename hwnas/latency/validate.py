@@ -230,10 +230,8 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     stat = getattr(table, "statistic", "p50")  # measured networks are read with the table's own statistic
     rows = [{"index": i, "predicted_sum_ms": model.of_tokens(tokens), "measured_ms": st[stat],
              "measured_p10_ms": st["p10"], "measured_p50_ms": st["p50"], "measured_p90_ms": st["p90"],
-             "arch": " ".join(tokens)}
+             "arch": " ".join(tokens), "repeat_ms": repeat_stats[i][stat] if i in repeat_stats else ""}
             for i, (tokens, st) in enumerate(zip(archs, stats, strict=True))]
-    for i, st in repeat_stats.items():
-        rows[i]["repeat_ms"] = st[stat]
     repeatability = None
     if repeat_stats:
         diff = np.array([abs(st[stat] / stats[i][stat] - 1) for i, st in repeat_stats.items()])
@@ -255,8 +253,6 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     for r in rows:
         r["split"] = "fit" if r["index"] < n_fit else "held_out"
         r["calibrated_ms"] = apply_calibration(r["predicted_sum_ms"], cal)
-    for r in rows:
-        r.setdefault("repeat_ms", "")
     with open(out / "samples.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
