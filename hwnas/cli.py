@@ -392,6 +392,7 @@ def cmd_train(args) -> int:
 
 # -- latency -------------------------------------------------------------------------------------
 def cmd_latency(args) -> int:
+    from hwnas.latency.calibration import describe as describe_calibration
     from hwnas.latency.penalty import LatencyModel
     from hwnas.latency.table import LatencyTable
 
@@ -413,8 +414,8 @@ def cmd_latency(args) -> int:
         model = LatencyModel(table, space, config)
         if model.calibration:
             c = model.calibration
-            print(f"calibrated: predictions = {c['a']:.3f} ms + {c['b']:.3f} x (sum of rows), fitted by "
-                  f"`hwnas latency validate` on {c.get('fit_samples', '?')} networks; every figure below includes it")
+            print(f"calibrated: {describe_calibration(c)}, fitted by `hwnas latency validate` on "
+                  f"{c.get('fit_samples', '?')} networks; every figure below includes it")
         (lo, lo_t), (hi, hi_t) = model.extremes()
         cell = getattr(space, "kind", "chain") == "cell"
         name = (lambda t: space.describe(t)) if cell else (lambda t: " ".join(t))  # noqa: E731
@@ -452,7 +453,8 @@ def cmd_latency(args) -> int:
 
 
 def _latency_validate(args, table) -> int:
-    from hwnas.latency.validate import validate
+    from hwnas.latency.calibration import describe as describe_calibration
+    from hwnas.latency.validate import refit, validate
     from hwnas.spaces import get_space
 
     space = get_space(table.meta.get("space"))
@@ -467,15 +469,25 @@ def _latency_validate(args, table) -> int:
         if i == n:
             state["bar"].close()
 
-    rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
-                   rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, chunk=args.chunk,
-                   repeats=args.repeats, progress=progress)
-    for name, fig in (("plain sum", rep.before), ("calibrated", rep.after)):
+    if args.refit:
+        rep = refit(table, space, config, args.refit)
+        out = Path(args.refit)
+        print(f"refitted on the measurements in {out}/samples.csv (nothing measured again)")
+    else:
+        rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
+                       rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, chunk=args.chunk,
+                       repeats=args.repeats, progress=progress)
+    figures = [("plain sum", rep.before), ("calibrated", rep.after)]
+    if (rep.calibration["form"] != "affine" or rep.calibration.get("per_block")) and rep.after_affine:
+        figures.append(("affine", rep.after_affine))
+    for name, fig in figures:
         print(f"{name:>10}: {fig['within_5pct']:.0%} within +-5%, {fig['within_10pct']:.0%} within +-10%, "
               f"MAPE {fig['mape']:.1%}, mean error {fig['mean_signed_error']:+.1%}, Kendall tau {fig['kendall_tau']:.3f} "
               f"({fig['n']} held-out networks)")
     c = rep.calibration
-    print(f"calibration: measured = {c['a']:.3f} ms + {c['b']:.3f} x sum (fit on {c['fit_samples']} other networks)")
+    tried = ", ".join(f"{k} {v:.1%}" for k, v in c.get("candidates", {}).items())
+    print(f"calibration: {describe_calibration(c)} (fit on {c['fit_samples']} other networks; leave-one-out "
+          f"error of each form tried: {tried})")
     r = rep.repeatability
     if r:
         print(f"noise floor: {r['n']} networks built twice and timed in the same rounds agreed within +-5% in "
@@ -660,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="report directory (default runs/<stamp>-validate-<space>)")
     q.add_argument("--runs", default="runs")
     q.add_argument("--no-store", action="store_true", help="do not store the calibration in the table")
+    q.add_argument("--refit", default=None, metavar="RUN_DIR",
+                   help="measure nothing: fit the calibration again on an earlier validate run's samples.csv "
+                        "(its report is rewritten in place)")
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("predict", help="predicted latency of an architecture")
     q.add_argument("--table", required=True)

@@ -136,6 +136,11 @@ def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
 
     monkeypatch.setattr(v, "Runner", FakeRunner)
     monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    # 10 + i ms has nothing to do with the table: the fit is refused, the measurements are kept
+    with pytest.raises(ValueError, match=r"do not grow with the table's sum .* kept in .*samples.csv.*--refit"):
+        validate(table, space, cfg, tmp_path / "v", samples=6, repeats=2, min_round_s=0.0)
+    assert len((tmp_path / "v" / "samples.csv").read_text().splitlines()) == 7
+    monkeypatch.setattr(v, "select_calibration", lambda blocks, measured, rows=None: {"form": "affine", "a": 0.0, "b": 1.0})
     rep = validate(table, space, cfg, tmp_path / "v", samples=6, repeats=2, min_round_s=0.0)
     r = rep.repeatability
     assert r["n"] == 2 and r["within_5pct"] == 0.5 and r["within_10pct"] == 0.5

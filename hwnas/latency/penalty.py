@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from hwnas.latency.calibration import block_ms, check_calibration
 from hwnas.spaces.chain import ChainSpace
 
 LOSS_FORMS = ("mul#log", "add#linear")
@@ -28,35 +29,42 @@ class LatencyModel(nn.Module):
     ``table`` needs ``latency(signature) -> ms`` and ``require(signatures)``. Candidate latencies are
     buffers, so the model follows ``.to(device)``.
 
-    A table whose sidecar carries an affine calibration ``measured ~ a + b * sum`` (from ``hwnas
-    latency validate``) is applied by folding it into the entries: every candidate latency is scaled
-    by ``b`` and the fixed part becomes ``a + b * fixed``. Expected latency, per-architecture
-    predictions, the space's range and the constrained derivation are then all calibrated, and
-    ``calibrated=False`` gives the plain sum.
+    A table whose sidecar carries a calibration (from ``hwnas latency validate``; the forms are in
+    ``hwnas.latency.calibration``) is applied by folding it into the entries: every row is scaled by its
+    factor (``b``, or its group's ``b_g``) plus the per-block term, and the offset ``a`` joins the fixed part. Expected latency,
+    per-architecture predictions, the space's range and the constrained derivation are then all
+    calibrated; ``calibrated=False`` gives the plain sum and ``calibration=`` overrides the table's.
     """
 
-    def __init__(self, table, space: ChainSpace, config: dict, calibrated: bool = True):
+    def __init__(self, table, space: ChainSpace, config: dict, calibrated: bool = True,
+                 calibration: dict | None = None):
         super().__init__()
         self.space, self.config = space, space.resolve_config(config)
         plan = space.plan(self.config)  # the deploy shape: the table's resolution
         keys = lambda p, t=None: signatures_of(space, p, t, self.config)  # noqa: E731
         self.choices = [p.choices for p in plan.layers]
         self.layer_signatures = [[keys(p, t) for t in p.choices] for p in plan.layers]
-        fixed_keys = [keys(p) for p in plan.fixed]
-        needed = [s for row in fixed_keys for s in row] + [s for row in self.layer_signatures for ks in row for s in ks]
+        self.fixed_signatures = [keys(p) for p in plan.fixed]
+        needed = [s for row in self.fixed_signatures for s in row] + [s for row in self.layer_signatures for ks in row for s in ks]
         table.require(list(dict.fromkeys(needed)))
-        cal = (getattr(table, "meta", None) or {}).get("calibration") if calibrated else None
-        if cal is not None and not (cal.get("form") == "affine" and cal.get("b", 0) > 0):
-            raise ValueError(f"latency table calibration {cal!r} is not an affine form with b > 0")
+        self.table = table
+        cal = calibration
+        if cal is None and calibrated:
+            cal = (getattr(table, "meta", None) or {}).get("calibration")
+        if cal is not None:
+            check_calibration(cal)
         self.calibration = cal
-        scale, offset = (cal["b"], cal["a"]) if cal else (1.0, 0.0)
-        look = lambda ks: scale * sum(float(table.latency(s)) for s in ks)  # noqa: E731
-        self.fixed_parts = [(p.kind, "+".join(ks) or None, look(ks)) for p, ks in zip(plan.fixed, fixed_keys)]
+        look = lambda ks: sum(block_ms(cal, s, table.latency(s)) for s in ks)  # noqa: E731
+        self.fixed_parts = [(p.kind, "+".join(ks) or None, look(ks)) for p, ks in zip(plan.fixed, self.fixed_signatures)]
         if cal:
-            self.fixed_parts.append(("calibration offset", None, offset))
+            self.fixed_parts.append(("calibration offset", None, float(cal["a"])))
         self.fixed_ms = sum(ms for _, _, ms in self.fixed_parts)
         for i, row in enumerate(self.layer_signatures):
             self.register_buffer(f"lat{i}", torch.tensor([look(ks) for ks in row], dtype=torch.float64))
+            if cal and float(self.layer(i).min()) < 0:
+                j = int(self.layer(i).argmin())
+                raise ValueError(f"latency table calibration makes layer {i}'s {self.choices[i][j]} cost "
+                                 f"{float(self.layer(i)[j]):.4f} ms (negative): re-run `hwnas latency validate`")
         #: cell spaces: decision indices of each node's incoming edges, of which KEEP are kept
         self.groups = space.node_groups() if getattr(space, "kind", "chain") == "cell" else None
         self.keep = 2
@@ -95,8 +103,17 @@ class LatencyModel(nn.Module):
         """Predicted latency (ms) of one architecture."""
         return self.fixed_ms + sum(float(self.layer(i)[self.choices[i].index(t)]) for i, t in enumerate(tokens))
 
+    def blocks(self, tokens: list[str]) -> list[tuple[str, float]]:
+        """``(signature, plain table ms)`` of every block the architecture runs, repeats included: what a
+        calibration is fitted on."""
+        sigs = [s for ks in self.fixed_signatures for s in ks]
+        sigs += [s for i, t in enumerate(tokens) for s in self.layer_signatures[i][self.choices[i].index(t)]]
+        return [(s, float(self.table.latency(s))) for s in sigs]
+
     def breakdown(self, tokens: list[str]) -> list[tuple[str, str, float]]:
-        """(part, table signature or '-', ms) for every part of the architecture, in network order."""
+        """(part, table signature or '-', ms) for every part of the architecture: stem, layers, then the
+        other fixed parts (a cell space's per-cell preprocessing, head, classifier, calibration offset);
+        the rows sum to ``of_tokens``."""
         rows = [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts if kind in ("stem", "first")]
         for i, t in enumerate(tokens):
             j = self.choices[i].index(t)
@@ -104,8 +121,8 @@ class LatencyModel(nn.Module):
                 continue
             rows.append((f"layer {i} {t}", "+".join(dict.fromkeys(self.layer_signatures[i][j])) or "-",
                          float(self.layer(i)[j])))
-        rows += [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts
-                 if kind in ("head", "classifier", "calibration offset")]
+        rows += [(kind, sig or "-", ms) for kind, sig, ms in self.fixed_parts  # cells' preprocessing too
+                 if kind not in ("stem", "first")]
         return rows
 
     def extremes(self) -> tuple[tuple[float, list[str]], tuple[float, list[str]]]:

@@ -5,13 +5,15 @@ by default, or uniform per layer), predicts each with the table (the sum of its 
 each whole network end to end on the table's runtime, at the table's deploy shape, in interleaved
 rounds, reading the same statistic the table's rows use (``p10`` for tables profiled since the
 statistic became an option: the low quantile is the latency without interference from whatever else
-the machine runs; on a shared 2-core VM the median carries +-10% of such noise per measurement). The samples are split in two: an affine calibration
-``measured ~ a + b * sum`` is fitted by least squares on the first part only, and every figure is
-reported on the held-out part, before and after calibration: the share within +-5% and +-10%, the
-mean absolute percentage error and Kendall's tau. The sum of per-block latencies misses what lies
-between blocks (per-call overhead of each block's session, memory traffic between blocks, fusion
-across block boundaries); the affine form absorbs a constant per-network offset (a) and a common
-scale (b) and, being monotonic, never reorders architectures.
+the machine runs; on a shared 2-core VM the median carries +-10% of such noise per measurement). The
+samples are split in two: a calibration (``hwnas.latency.calibration``: the affine ``measured ~ a + b *
+sum``, or per-block-type scales, whichever predicts the fit part better when each fit network is left
+out in turn) is fitted on the first part only, and every figure is reported on the held-out part, before
+and after calibration (and for the affine form beside a grouped one): the share within +-5% and +-10%,
+the mean absolute percentage error and Kendall's tau. The sum of per-block latencies misses what lies
+between blocks (per-call overhead of each block's session, memory traffic between blocks, fusion across
+block boundaries): the offset absorbs what is the same in every network, the scales what grows with the
+blocks. ``refit`` fits again on an earlier run's measurements.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwnas.latency.calibration import describe, fit_affine, select_calibration  # noqa: F401 (re-exported)
 from hwnas.latency.penalty import LatencyModel
 from hwnas.latency.timing import PROVIDERS, Runner, measure_interleaved
 from hwnas.spaces import Arch, atomic_write_text
@@ -66,19 +69,6 @@ def error_figures(predicted, measured) -> dict:
     return {"n": int(len(m)), "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
             "within_10pct": float(np.mean(np.abs(rel) <= 0.10)), "mape": float(np.mean(np.abs(rel))),
             "mean_signed_error": float(np.mean(rel)), "kendall_tau": kendall_tau(p, m)}
-
-
-def fit_affine(raw_sum, measured) -> dict:
-    """Least-squares ``measured ~ a + b * raw_sum``."""
-    x, y = np.asarray(raw_sum, float), np.asarray(measured, float)
-    b, a = np.polyfit(x, y, 1)
-    return {"form": "affine", "a": float(a), "b": float(b), "fit_samples": int(len(x))}
-
-
-def apply_calibration(raw_ms: float, calibration: dict | None) -> float:
-    if not calibration:
-        return raw_ms
-    return calibration["a"] + calibration["b"] * raw_ms
 
 
 SAMPLINGS = ("spread", "uniform")
@@ -163,6 +153,7 @@ class ValidationReport:
     rounds: int = 5
     iterations: int = 50
     repeatability: dict | None = None
+    after_affine: dict | None = None  # held-out figures of the affine form, beside a grouped choice
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -194,6 +185,7 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     device = (meta.get("device") or {}).get("type") or ("cpu" if provider in (None, "cpu") else "cuda")
     res, batch = int(meta["resolution"]), int(meta.get("batch", 1))
     model = LatencyModel(table, space, config, calibrated=False)
+    _split(samples, fit_fraction)  # refuse too few samples before measuring anything
     archs = sample_archs(space, config, samples, seed, sampling=sampling, model=model)
     if repeats < 0:
         raise ValueError(f"repeats must be >= 0, got {repeats}")
@@ -240,27 +232,116 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
                          "max_abs_diff": float(diff.max()),
                          "perfect_within_5pct": float(np.mean(diff <= 0.05 * math.sqrt(2))),
                          "perfect_within_10pct": float(np.mean(diff <= 0.10 * math.sqrt(2)))}
-    n_fit = max(2, int(round(fit_fraction * len(rows))))
+    _write_samples(rows, out)  # the measurements are kept even if the fit below fails (--refit recovers them)
+    try:
+        report = _fit_and_report(table, space, config, model, rows, _split(len(rows), fit_fraction), seed=seed, stat=stat)
+    except ValueError as e:
+        raise ValueError(f"{e} (the measurements are kept in {out / 'samples.csv'}; `hwnas latency validate "
+                         f"--refit {out}` fits again without measuring)") from None
+    report.seconds = time.perf_counter() - started
+    report.sampling, report.rounds, report.iterations, report.repeatability = sampling, rounds, iterations, repeatability
+    _write(report, rows, out, meta, stat)
+    return report
+
+
+def _split(n: int, fit_fraction: float) -> int:
+    """How many of ``n`` samples fit the calibration; at least 3; at least 2 are held out."""
+    n_fit = max(3, int(round(fit_fraction * n)))
+    if n - n_fit < 2:
+        raise ValueError(f"--samples {n} leaves {n - n_fit} held-out samples after {n_fit} to fit; use at least 6")
+    return n_fit
+
+
+def _fit_and_report(table, space, config, model: LatencyModel, rows: list[dict], n_fit: int, *, seed: int,
+                    stat: str) -> ValidationReport:
+    """Fit the calibration on the first ``n_fit`` of ``rows`` (``select_calibration``: the affine form,
+    per-block-type scales and/or a per-block term, whichever has the smallest leave-one-out error on those
+    rows by a margin), fill in every row's ``split`` and ``calibrated_ms``, and return the report (figures
+    on the held-out rows)."""
     fit, held = rows[:n_fit], rows[n_fit:]
-    if len(held) < 2:
-        raise ValueError(f"--samples {samples} leaves {len(held)} held-out samples; use at least 6")
-    cal = fit_affine([r["predicted_sum_ms"] for r in fit], [r["measured_ms"] for r in fit])
+    blocks = [model.blocks(r["arch"].split(" ")) for r in rows]
+    every_row = {s: ms for ks in model.fixed_signatures + [k for row in model.layer_signatures for k in row]
+                 for s in ks for ms in (float(table.latency(s)),)}
+    cal = select_calibration(blocks[:n_fit], [r["measured_ms"] for r in fit], rows=every_row)
+    affine = fit_affine([r["predicted_sum_ms"] for r in fit], [r["measured_ms"] for r in fit])
     cal.update({"samples_seed": seed, "statistic": stat, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    pred = [r["predicted_sum_ms"] for r in held]
+    calibrated = LatencyModel(table, space, config, calibration=cal)
+    for k, r in enumerate(rows):
+        r["split"] = "fit" if k < n_fit else "held_out"
+        r["calibrated_ms"] = calibrated.of_tokens(r["arch"].split(" "))
     meas = [r["measured_ms"] for r in held]
-    before = error_figures(pred, meas)
-    after = error_figures([apply_calibration(p, cal) for p in pred], meas)
-    for r in rows:
-        r["split"] = "fit" if r["index"] < n_fit else "held_out"
-        r["calibrated_ms"] = apply_calibration(r["predicted_sum_ms"], cal)
+    before = error_figures([r["predicted_sum_ms"] for r in held], meas)
+    after = error_figures([r["calibrated_ms"] for r in held], meas)
+    after_affine = None
+    if affine["b"] > 0:
+        as_affine = LatencyModel(table, space, config, calibration=affine)
+        after_affine = error_figures([as_affine.of_tokens(r["arch"].split(" ")) for r in held], meas)
+    return ValidationReport(str(getattr(table, "path", "")), space.name, table.meta.get("backend", "?"), len(rows),
+                            len(held), before, after, cal, 0.0, after_affine=after_affine)
+
+
+def _write_samples(rows: list[dict], out: Path) -> None:
     with open(out / "samples.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
-    report = ValidationReport(str(getattr(table, "path", "")), space.name, backend, len(rows), len(held), before,
-                              after, cal, time.perf_counter() - started, sampling, rounds, iterations, repeatability)
+
+
+def _write(report: ValidationReport, rows: list[dict], out: Path, meta: dict, stat: str) -> None:
+    _write_samples(rows, out)
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    _scatter(rows, out / "scatter.png", f"{space.name} on {meta.get('device', {}).get('slug', '?')} ({backend})", stat)
+    _scatter(rows, out / "scatter.png", f"{report.space} on {meta.get('device', {}).get('slug', '?')} ({report.backend})", stat)
+
+
+def refit(table, space, config, run_dir: str | os.PathLike) -> ValidationReport:
+    """Fit the calibration again on the measurements of an earlier ``validate`` run (its ``samples.csv``),
+    without measuring anything: for a table whose calibration forms have changed since, or a run whose fit
+    failed. The run's own split is kept (its ``split`` column), the plain sums are recomputed from the
+    table as it is now, the measured column is the table's statistic (``measured_<stat>_ms``), the report,
+    samples and scatter plot are rewritten in place, and the run's timing facts (seconds, rounds,
+    repeatability) are kept."""
+    out = Path(run_dir)
+    path = out / "samples.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: --refit takes the directory of an earlier validate run")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"index", "predicted_sum_ms", "measured_ms", "arch"}
+    if not rows or need - set(rows[0]):
+        raise ValueError(f"{path} is not a validate samples file (needs columns {', '.join(sorted(need))})")
+    stat = getattr(table, "statistic", "p50")
+    column = f"measured_{stat}_ms" if f"measured_{stat}_ms" in rows[0] else "measured_ms"
+    model = LatencyModel(table, space, config, calibrated=False)
+    for r in rows:
+        try:
+            r["index"] = int(r["index"])
+            for k in ("predicted_sum_ms", "measured_ms", "measured_p10_ms", "measured_p50_ms", "measured_p90_ms"):
+                if r.get(k) not in (None, ""):
+                    r[k] = float(r[k])
+        except ValueError as e:
+            raise ValueError(f"{path} row {r.get('index')}: {e}") from None
+        r["measured_ms"] = float(r[column])
+        tokens = r["arch"].split(" ")
+        if len(tokens) != model.num_layers:
+            raise ValueError(f"{path} row {r['index']}: {len(tokens)} layers, the table's space has {model.num_layers}")
+        bad = [t for t, c in zip(tokens, model.choices, strict=True) if t not in c]
+        if bad:
+            raise ValueError(f"{path} row {r['index']}: {bad[0]!r} is not a choice of {space.name} at that layer")
+        r["predicted_sum_ms"] = model.of_tokens(tokens)  # the table as it is now
+    rows.sort(key=lambda r: r["index"])
+    splits = [r.get("split") for r in rows]
+    n_fit = splits.count("fit") if set(splits) <= {"fit", "held_out"} else _split(len(rows), 0.5)
+    if splits[:n_fit] != ["fit"] * n_fit and set(splits) <= {"fit", "held_out"}:
+        raise ValueError(f"{path}: the fit rows are not the first ones; this is not a validate run's split")
+    if len(rows) - n_fit < 2 or n_fit < 3:
+        raise ValueError(f"{path}: {n_fit} fit and {len(rows) - n_fit} held-out rows; need at least 3 and 2")
+    old = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    report = _fit_and_report(table, space, config, model, rows, n_fit,
+                             seed=int(old.get("calibration", {}).get("samples_seed", 0)), stat=stat)
+    for key in ("seconds", "sampling", "rounds", "iterations", "repeatability"):
+        if key in old:
+            setattr(report, key, old[key])
+    _write(report, rows, out, table.meta, stat)
     return report
 
 
