@@ -303,7 +303,7 @@ def cmd_export(args) -> int:
         onnx_path = Path(args.onnx)
     table = _table_for_arch(src.arch, args)
     rep = export(src, onnx_path, batch=args.batch, threads=args.threads or _table_threads(table), measure=not args.no_measure,
-                 table=table, iterations=args.iterations)
+                 table=table, iterations=args.iterations, references=not args.no_references)
     print(f"exported {src.arch} -> {rep.onnx_path}")
     print(f"checked: onnx.checker ok; ONNX Runtime vs torch max abs diff {rep.max_abs_diff:.2e} "
           f"({rep.rel_diff:.2e} relative) on {rep.input_shape}; {rep.params:,} parameters; "
@@ -316,6 +316,15 @@ def cmd_export(args) -> int:
             err = (rep.predicted_ms - m[stat]) / m[stat] * 100
             line += f"; predicted {rep.predicted_ms:.3f} ms ({err:+.1f}% against the measured {stat})"
         print(line)
+        if rep.compensated_ms is not None:
+            ratios = " / ".join(f"{r:.2f}" for r in rep.reference_ratios)
+            err = (rep.predicted_ms - rep.compensated_ms) / rep.compensated_ms * 100
+            print(f"drift: the table's {len(rep.reference_ratios)} reference networks, timed in the same rounds, ran "
+                  f"{ratios}x their latency at validation (median {rep.machine_factor:.3f}): on the machine the "
+                  f"prediction describes the model takes {rep.compensated_ms:.3f} ms; predicted {rep.predicted_ms:.3f} ms "
+                  f"({err:+.1f}%)")
+        for note in rep.notes:
+            print(f"note: {note}")
     return 0
 
 
@@ -624,6 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--no-measure", action="store_true")
+    p.add_argument("--no-references", action="store_true",
+                   help="time the model alone, without the table's reference networks (no drift compensation)")
     p.add_argument("--runs", default="runs")
     p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"))
     p.set_defaults(func=cmd_export)

@@ -43,7 +43,7 @@ from hwnas.train import train_child
 log = logging.getLogger("hwnas.compare")
 
 FIELDS = ["entry", "method", "search_s", "step_ms", "child_step_ms", "largest_step_ms", "step_mib", "child_mib",
-          "largest_mib", "predicted_ms", "measured_ms", "measured_vs_predicted", "target_ms", "test_acc",
+          "largest_mib", "predicted_ms", "measured_ms", "compensated_ms", "machine_factor", "measured_vs_predicted", "target_ms", "test_acc",
           "params", "macs", "normal_skip_share", "arch"]
 
 
@@ -165,8 +165,12 @@ def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, tabl
     res = arch.config["resolution"]
     row.update({"test_acc": trained["test_acc"], "params": trained["params"],
                 "macs": count_macs(build_child(arch), (1, 3, res, res)), "predicted_ms": rep.predicted_ms,
-                "measured_ms": rep.measured_ms[stat], "arch": " ".join(arch.layers)})
-    row["measured_vs_predicted"] = row["measured_ms"] / row["predicted_ms"] - 1 if row["predicted_ms"] else None
+                "measured_ms": rep.measured_ms[stat], "compensated_ms": rep.compensated_ms,
+                "machine_factor": rep.machine_factor, "arch": " ".join(arch.layers)})
+    # against the prediction: the measurement on the machine the table describes (drift-compensated by the
+    # table's reference networks) where it has them, else the raw measurement
+    held = rep.compensated_ms if rep.compensated_ms is not None else row["measured_ms"]
+    row["measured_vs_predicted"] = held / row["predicted_ms"] - 1 if row["predicted_ms"] else None
     if arch.is_cell:  # the DARTS collapse: how many of the normal cell's 8 kept edges are skip-connects
         normal = arch.space_obj.genotype(arch.layers)["normal"]
         row["normal_skip_share"] = sum(op == "skip_connect" for op, _ in normal) / len(normal)
@@ -247,12 +251,21 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
+def _measured_cell(r: dict) -> str:
+    cell = _fmt(r["measured_ms"], ".3f")
+    if r.get("compensated_ms") not in (None, ""):
+        cell += f" ({_fmt(float(r['compensated_ms']), '.3f')} at x{_fmt(float(r['machine_factor']), '.2f')})"
+    return cell
+
+
 def report_markdown(rows: list[dict], cfg: CompareConfig) -> str:
     target = rows[0]["target_ms"] if rows else float("nan")
     lines = [f"# Search methods compared on `{cfg.space}` ({cfg.data}, seed {cfg.seed})", "",
              f"Latency target {cfg.latency_target} = {target:.3f} ms; search {cfg.epochs} epochs "
              f"({cfg.warmup_epochs} warm-up), batch {cfg.batch_size}; every architecture trained from scratch "
-             f"for {cfg.train_epochs} epochs. Measured latency: the exported ONNX model on ONNX Runtime (CPU).", "",
+             f"for {cfg.train_epochs} epochs. Measured latency: the exported ONNX model on ONNX Runtime (CPU); in "
+             f"brackets, divided by the machine's drift since the table's validation (its reference networks timed "
+             f"in the same rounds, factor after the x), which is what meas/pred compares.", "",
              "| entry | search s | step ms (child / largest) | step MiB (child / largest) | predicted ms | "
              "measured ms | meas/pred | test acc | params | MMACs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -262,7 +275,7 @@ def report_markdown(rows: list[dict], cfg: CompareConfig) -> str:
         mem = (f"{_fmt(r.get('step_mib'), '.1f')} ({_fmt(r.get('child_mib'), '.1f')} / "
                f"{_fmt(r.get('largest_mib'), '.1f')})") if r.get("step_mib") else "-"
         lines.append(f"| {r['entry']} | {_fmt(r.get('search_s'), '.0f')} | {steps} | {mem} | "
-                     f"{_fmt(r['predicted_ms'], '.3f')} | {_fmt(r['measured_ms'], '.3f')} | "
+                     f"{_fmt(r['predicted_ms'], '.3f')} | {_measured_cell(r)} | "
                      f"{_fmt(r['measured_vs_predicted'], '+.1%')} | {_fmt(r['test_acc'], '.4f')} | "
                      f"{r['params']:,} | {r['macs'] / 1e6:.1f} |")
     randoms = [r["test_acc"] for r in rows if r["method"] == "random"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwnas.latency.timing import CallRunner, export_onnx_bytes, measure_interleaved, ort_session, random_inputs
+from hwnas.latency.reference import machine_factor, reference_networks, unusable
+from hwnas.latency.timing import CallRunner, Runner, export_onnx_bytes, measure_interleaved, ort_session, random_inputs
 from hwnas.spaces import Arch, ArchError
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.spaces.presets import PRESETS
@@ -71,9 +72,20 @@ class ExportReport:
     predicted_ms: float | None = None
     table: str | None = None
     notes: list[str] = field(default_factory=list)
+    machine_factor: float | None = None  # reference networks now / at the table's validation (median)
+    reference_ratios: list[float] | None = None
+    compensated_ms: float | None = None  # measured (table's statistic) / machine_factor
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
+
+
+def _references(table, threads: int, batch: int, report: ExportReport) -> list:
+    why = unusable(table, backend="onnxruntime", provider="CPUExecutionProvider", threads=threads, batch=batch)
+    if why:
+        report.notes.append(f"measured alone, no drift compensation: {why}")
+        return []
+    return reference_networks(table)
 
 
 def build_for_export(src: ArchSource) -> torch.nn.Module:
@@ -88,8 +100,14 @@ def build_for_export(src: ArchSource) -> torch.nn.Module:
 
 def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, threads: int = 1,
            measure: bool = True, table=None, warmup: int = 10, iterations: int = 50,
-           rounds: int = 5) -> ExportReport:
-    """Export ``src`` to ``onnx_path`` at its deploy shape, check it, and measure it with ORT (CPU)."""
+           rounds: int = 5, references: bool = True) -> ExportReport:
+    """Export ``src`` to ``onnx_path`` at its deploy shape, check it, and measure it with ORT (CPU).
+
+    With a ``table`` whose calibration carries reference networks (``hwnas.latency.reference``) and was
+    validated on ONNX Runtime's CPU provider at the same threads and batch, the model is timed in the same
+    rounds as those networks rebuilt, and ``compensated_ms`` is its measured latency (the table's
+    statistic) divided by the machine's drift since the validation (``machine_factor``): the figure to
+    hold against the prediction. ``references=False`` measures the model alone."""
     import onnx
 
     model = build_for_export(src)
@@ -126,9 +144,19 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
     if measure:
         arrays = [x.numpy() for x in inputs]
         # in rounds of >= 1 s, like the table's rows: a slow spell of the machine cannot take the whole figure
-        runner = CallRunner(lambda a: session.run(None, {name: a}), arrays)
-        report.measured_ms = measure_interleaved([runner], warmup=warmup, iterations=iterations, rounds=rounds,
-                                                 min_round_s=1.0 if rounds > 1 else 0.0)[0]
+        runners = [CallRunner(lambda a: session.run(None, {name: a}), arrays)]
+        refs = _references(table, threads, batch, report) if table is not None and references else []
+        runners += [Runner(net, shape, backend="onnxruntime", device="cpu", threads=threads, provider="cpu")
+                    for net, _ in refs]
+        measured = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
+                                       min_round_s=1.0 if rounds > 1 else 0.0)
+        report.measured_ms = measured[0]
+        if refs:
+            stat = getattr(table, "statistic", "p50")
+            now, then = [m[stat] for m in measured[1:]], [ms for _, ms in refs]
+            report.reference_ratios = [n / t for n, t in zip(now, then, strict=True)]
+            report.machine_factor = machine_factor(now, then)
+            report.compensated_ms = report.measured_ms[stat] / report.machine_factor
     if table is not None:
         from hwnas.latency.penalty import LatencyModel
 

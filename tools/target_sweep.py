@@ -47,7 +47,8 @@ def main() -> None:
                       threads=int(meta.get("threads", 1)))
         return load_table_for(sp, deploy_config, args.table)
 
-    print(f"{'method':>9} {'target':>7} {'T ms':>7} {'pred ms':>8} {'pred/T':>6} {'meas ms':>8} {'meas/pred':>9}  architecture")
+    print(f"{'method':>9} {'target':>7} {'T ms':>7} {'pred ms':>8} {'pred/T':>6} {'meas ms':>8} {'meas/pred':>9}"
+          f"{' comp ms comp/pred  drift' if args.measure else ''}  architecture")
     for method in args.methods:
         for t in args.targets:
             cfg = SearchConfig(method=method, space=args.space, latency_target=t, epochs=args.epochs,
@@ -65,6 +66,9 @@ def main() -> None:
                                  iterations=100)
                     m = rep.measured_ms[table.statistic]
                     measured = f"{m:>8.3f} {m / rep.predicted_ms - 1:>+9.1%}"
+                    if rep.compensated_ms is not None:  # on the machine the table describes
+                        c = rep.compensated_ms
+                        measured += f" {c:>8.3f} {c / rep.predicted_ms - 1:>+9.1%} {rep.machine_factor:>6.3f}"
             print(f"{method:>9} {t:>7} {r['target_ms']:>7.3f} {r['predicted_latency_ms']:>8.3f} "
                   f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f} {measured}  {_name(s, r['arch'])}", flush=True)
 

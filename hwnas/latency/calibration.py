@@ -87,6 +87,10 @@ def check_calibration(cal: Mapping) -> None:
         raise ValueError(f"latency table calibration {cal!r} is not an affine form with b > 0")
     if not (isinstance(cal.get("per_block", 0.0), (int, float)) and math.isfinite(cal.get("per_block", 0.0))):
         raise ValueError(f"latency table calibration per_block={cal.get('per_block')!r} is not a finite number")
+    if "references" in cal:
+        from hwnas.latency.reference import check_references
+
+        check_references(cal["references"])
     if form == "grouped":
         if cal.get("grouping") not in GROUPINGS:
             raise ValueError(f"latency table calibration grouping {cal.get('grouping')!r} is unknown; "

@@ -31,6 +31,7 @@ import numpy as np
 
 from hwnas.latency.calibration import describe, fit_affine, select_calibration  # noqa: F401 (re-exported)
 from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.reference import pick_references
 from hwnas.latency.timing import PROVIDERS, Runner, measure_interleaved
 from hwnas.spaces import Arch, atomic_write_text
 from hwnas.spaces.builder import build_child
@@ -264,7 +265,8 @@ def _fit_and_report(table, space, config, model: LatencyModel, rows: list[dict],
                  for s in ks for ms in (float(table.latency(s)),)}
     cal = select_calibration(blocks[:n_fit], [r["measured_ms"] for r in fit], rows=every_row)
     affine = fit_affine([r["predicted_sum_ms"] for r in fit], [r["measured_ms"] for r in fit])
-    cal.update({"samples_seed": seed, "statistic": stat, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    cal.update({"samples_seed": seed, "statistic": stat, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "references": pick_references(fit)})  # for drift compensation (hwnas.latency.reference)
     calibrated = LatencyModel(table, space, config, calibration=cal)
     for k, r in enumerate(rows):
         r["split"] = "fit" if k < n_fit else "held_out"

@@ -1,0 +1,88 @@
+"""Reference networks: drift compensation between a table's validation and a later measurement.
+
+A latency table's calibration is fitted on whole networks measured during ``hwnas latency validate``;
+its predictions describe the machine as it ran then. A shared machine does not stay that machine: on
+the 2-core VM this project is built on, one exported model measured 6.08 ms and 6.92 ms minutes apart,
+and a sweep of nine derived models landed between -0.1% and +26.6% of their predictions although the
+table's held-out networks were all within 10%. Networks measured in the same rounds move together
+(three networks of the validation re-timed beside a model drifted by 1.18x / 1.17x / 1.19x at one
+moment and 0.98x / 0.95x / 0.99x at another), so the validation keeps ``REFERENCES`` of its fit
+networks with their measured latency (``calibration["references"]``), and a later measurement times
+the model in the same interleaved rounds as those networks rebuilt: the median ratio now/then is the
+machine's state relative to the validation (``machine_factor``), and ``measured / factor`` is the
+model's latency on the machine the prediction describes. Measured this way, the same model's error
+against its prediction went from +2% .. +24% (six repeats) to -2% .. +9%.
+
+The references are rebuilt with fresh weights from the table's own space config: weights do not change
+the latency (checked: a searched child with inherited weights and the same architecture with fresh
+weights measured 5.63 / 5.60 ms p10 interleaved; no denormals in either).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+REFERENCES = 3
+
+
+def pick_references(rows: Sequence[Mapping], n: int = REFERENCES) -> list[dict]:
+    """``n`` of the validation's fit rows (``arch``, ``measured_ms``) at evenly spaced quantiles of their
+    measured latency (the 25th, 50th and 75th percentiles for 3), as ``{"arch": tokens, "ms": measured}``."""
+    ordered = sorted(rows, key=lambda r: float(r["measured_ms"]))
+    if not ordered or n < 1:
+        return []
+    picks = sorted({int(round(q * (len(ordered) - 1))) for q in np.linspace(0, 1, n + 2)[1:-1]})
+    return [{"arch": str(ordered[i]["arch"]), "ms": float(ordered[i]["measured_ms"])} for i in picks]
+
+
+def check_references(refs) -> None:
+    if not isinstance(refs, list) or not all(
+            isinstance(r, Mapping) and isinstance(r.get("arch"), str) and isinstance(r.get("ms"), (int, float))
+            and r["ms"] > 0 for r in refs):
+        raise ValueError("latency table calibration references must be a list of {arch: 'tok tok ...', ms: > 0}, "
+                         f"got {refs!r:.120}")
+
+
+def unusable(table, *, backend: str, provider: str, threads: int, batch: int) -> str | None:
+    """Why ``table``'s references cannot compensate a measurement taken with these settings (None when
+    they can): they were timed on the table's runtime, thread count and batch, and only mean the same
+    thing there."""
+    meta = getattr(table, "meta", None) or {}
+    cal = meta.get("calibration") or {}
+    if not cal.get("references"):
+        return "the table's calibration has no reference networks (re-run `hwnas latency validate`, or --refit)"
+    if meta.get("backend") != backend or (meta.get("provider") or "CPUExecutionProvider") != provider:
+        return f"the table was validated on {meta.get('backend')} ({meta.get('provider')}), this measures {backend} ({provider})"
+    if int(meta.get("threads", 1)) != int(threads):
+        return f"the table was validated with {meta.get('threads')} threads, this measures with {threads}"
+    if int(meta.get("batch", 1)) != int(batch):
+        return f"the table was validated at batch {meta.get('batch')}, this measures batch {batch}"
+    from hwnas.device import device_slug
+
+    here, there = device_slug("cpu", threads), (meta.get("device") or {}).get("slug")
+    if there and there != here:
+        return f"the table was validated on {there}, this is {here}"
+    return None
+
+
+def reference_networks(table) -> list[tuple[object, float]]:
+    """The table's reference networks rebuilt (fresh weights, the table's space config and deploy shape),
+    each with its latency measured at validation time."""
+    from hwnas.spaces import Arch, get_space
+    from hwnas.spaces.builder import build_child
+
+    meta = table.meta
+    refs = meta["calibration"]["references"]
+    check_references(refs)
+    space = get_space(meta.get("space"))
+    config = space.resolve_config({**(meta.get("config") or {}), "resolution": meta["resolution"]})
+    return [(build_child(Arch(space.name, config, r["arch"].split(" "))).eval(), float(r["ms"])) for r in refs]
+
+
+def machine_factor(now: Sequence[float], then: Sequence[float]) -> float:
+    """Median of now/then over the references: > 1 when the machine runs slower than at validation."""
+    now, then = np.asarray(now, float), np.asarray(then, float)
+    if len(now) != len(then) or len(now) == 0 or np.any(now <= 0) or np.any(then <= 0):
+        raise ValueError(f"machine_factor needs matching positive latencies, got {list(now)} and {list(then)}")
+    return float(np.median(now / then))
