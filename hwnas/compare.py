@@ -43,7 +43,8 @@ from hwnas.train import train_child
 log = logging.getLogger("hwnas.compare")
 
 FIELDS = ["entry", "method", "search_s", "step_ms", "child_step_ms", "largest_step_ms", "step_mib", "child_mib",
-          "largest_mib", "predicted_ms", "measured_ms", "compensated_ms", "machine_factor", "measured_vs_predicted", "target_ms", "test_acc",
+          "largest_mib", "predicted_ms", "measured_ms", "compensated_ms", "machine_factor",
+          "measured_vs_predicted", "target_ms", "test_acc",
           "params", "macs", "normal_skip_share", "arch"]
 
 
@@ -166,7 +167,7 @@ def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, tabl
     row.update({"test_acc": trained["test_acc"], "params": trained["params"],
                 "macs": count_macs(build_child(arch), (1, 3, res, res)), "predicted_ms": rep.predicted_ms,
                 "measured_ms": rep.measured_ms[stat], "compensated_ms": rep.compensated_ms,
-                "machine_factor": rep.machine_factor, "arch": " ".join(arch.layers)})
+                "machine_factor": rep.machine_factor, "measurement_notes": rep.notes, "arch": " ".join(arch.layers)})
     # against the prediction: the measurement on the machine the table describes (drift-compensated by the
     # table's reference networks) where it has them, else the raw measurement
     held = rep.compensated_ms if rep.compensated_ms is not None else row["measured_ms"]
@@ -253,8 +254,8 @@ def _fmt(v, spec: str) -> str:
 
 def _measured_cell(r: dict) -> str:
     cell = _fmt(r["measured_ms"], ".3f")
-    if r.get("compensated_ms") not in (None, ""):
-        cell += f" ({_fmt(float(r['compensated_ms']), '.3f')} at x{_fmt(float(r['machine_factor']), '.2f')})"
+    if r.get("compensated_ms") not in (None, "") and r.get("machine_factor") not in (None, ""):
+        cell += f" ({float(r['compensated_ms']):.3f} at x{float(r['machine_factor']):.2f})"
     return cell
 
 
@@ -265,7 +266,7 @@ def report_markdown(rows: list[dict], cfg: CompareConfig) -> str:
              f"({cfg.warmup_epochs} warm-up), batch {cfg.batch_size}; every architecture trained from scratch "
              f"for {cfg.train_epochs} epochs. Measured latency: the exported ONNX model on ONNX Runtime (CPU); in "
              f"brackets, divided by the machine's drift since the table's validation (its reference networks timed "
-             f"in the same rounds, factor after the x), which is what meas/pred compares.", "",
+             f"in the same rounds, factor after the x), which is what meas/pred compares where present.", "",
              "| entry | search s | step ms (child / largest) | step MiB (child / largest) | predicted ms | "
              "measured ms | meas/pred | test acc | params | MMACs |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -80,12 +80,21 @@ class ExportReport:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def _references(table, threads: int, batch: int, report: ExportReport) -> list:
-    why = unusable(table, backend="onnxruntime", provider="CPUExecutionProvider", threads=threads, batch=batch)
-    if why:
-        report.notes.append(f"measured alone, no drift compensation: {why}")
-        return []
-    return reference_networks(table)
+def _references(table, threads: int, batch: int, resolution: int, report: ExportReport) -> list:
+    """``(runner, latency at validation)`` of the table's reference networks at the table's deploy shape,
+    or ``[]`` with a note saying why the model is measured alone."""
+    why = unusable(table, backend="onnxruntime", provider="CPUExecutionProvider", threads=threads, batch=batch,
+                   resolution=resolution)
+    if not why:
+        shape = (int(table.meta.get("batch", 1)), 3, int(table.meta["resolution"]), int(table.meta["resolution"]))
+        try:
+            return [(Runner(net, shape, backend="onnxruntime", device="cpu", threads=threads, provider="cpu"), ms)
+                    for net, ms in reference_networks(table)]
+        except (ValueError, RuntimeError, KeyError) as e:  # a stale or malformed reference must not cost the export
+            why = f"the table's reference networks could not be rebuilt ({str(e).splitlines()[0]})"
+    report.notes.append(f"measured alone, no drift compensation: {why}")
+    log.warning("export: %s", report.notes[-1])
+    return []
 
 
 def build_for_export(src: ArchSource) -> torch.nn.Module:
@@ -145,9 +154,8 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
         arrays = [x.numpy() for x in inputs]
         # in rounds of >= 1 s, like the table's rows: a slow spell of the machine cannot take the whole figure
         runners = [CallRunner(lambda a: session.run(None, {name: a}), arrays)]
-        refs = _references(table, threads, batch, report) if table is not None and references else []
-        runners += [Runner(net, shape, backend="onnxruntime", device="cpu", threads=threads, provider="cpu")
-                    for net, _ in refs]
+        refs = _references(table, threads, batch, res, report) if table is not None and references else []
+        runners += [runner for runner, _ in refs]
         measured = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
                                        min_round_s=1.0 if rounds > 1 else 0.0)
         report.measured_ms = measured[0]

@@ -139,6 +139,8 @@ def test_select_refuses_bad_measurements():
     ({"form": "grouped", "a": 0.1, "b": 1, "grouping": "color", "scales": {}}, "grouping 'color' is unknown"),
     ({"form": "grouped", "a": 0.1, "b": 1, "grouping": "op", "scales": {"e3": -0.2}}, "scales must be positive"),
     ({"form": "affine", "a": 0.1, "b": 1, "per_block": "x"}, "per_block='x' is not a finite number"),
+    ({"form": "affine", "a": 0.1, "b": 1, "references": [{"arch": "k3e3", "ms": True}]}, "references must be a list"),
+    ({"form": "affine", "a": 0.1, "b": 1, "references": [{"arch": "k3e3", "ms": float("inf")}]}, "references must be a list"),
 ])
 def test_malformed_calibrations_are_refused(cal, message):
     space = get_space("proxyless")
@@ -213,6 +215,11 @@ def test_validate_picks_the_grouped_form_the_machine_has_and_refit_agrees(tmp_pa
     assert cal["form"] == "grouped" and cal["grouping"] in ("kind", "op")
     assert rep.after["within_5pct"] == 1.0 and rep.after["mape"] < 0.01
     assert rep.after_affine["mape"] > 5 * rep.after["mape"]  # the affine form cannot express the law
+    fit_rows = {r["arch"]: r["measured_ms"] for r in csv.DictReader((tmp_path / "v" / "samples.csv").open())
+                if r["split"] == "fit"}
+    refs = cal["references"]  # three fit networks at the quartiles of their latency, for drift compensation
+    assert len(refs) == 3 and all(float(fit_rows[r["arch"]]) == pytest.approx(r["ms"]) for r in refs)
+    assert refs[0]["ms"] < refs[1]["ms"] < refs[2]["ms"]
     rows = list(csv.DictReader((tmp_path / "v" / "samples.csv").open()))
     assert all(float(r["calibrated_ms"]) == pytest.approx(float(r["measured_ms"]), rel=0.02) for r in rows)
     again = refit(table, space, cfg, tmp_path / "v")

@@ -69,6 +69,8 @@ def main() -> None:
                     if rep.compensated_ms is not None:  # on the machine the table describes
                         c = rep.compensated_ms
                         measured += f" {c:>8.3f} {c / rep.predicted_ms - 1:>+9.1%} {rep.machine_factor:>6.3f}"
+                    else:
+                        measured += f" {'-':>8} {'-':>9} {'-':>6}"
             print(f"{method:>9} {t:>7} {r['target_ms']:>7.3f} {r['predicted_latency_ms']:>8.3f} "
                   f"{r['predicted_latency_ms'] / r['target_ms']:>6.3f} {measured}  {_name(s, r['arch'])}", flush=True)
 

@@ -9,16 +9,20 @@ table's held-out networks were all within 10%. Networks measured in the same rou
 moment and 0.98x / 0.95x / 0.99x at another), so the validation keeps ``REFERENCES`` of its fit
 networks with their measured latency (``calibration["references"]``), and a later measurement times
 the model in the same interleaved rounds as those networks rebuilt: the median ratio now/then is the
-machine's state relative to the validation (``machine_factor``), and ``measured / factor`` is the
-model's latency on the machine the prediction describes. Measured this way, the same model's error
-against its prediction went from +2% .. +24% (six repeats) to -2% .. +9%.
+state of the measurement relative to the validation (``machine_factor``: the machine's drift, and any
+steady difference between the validation's rounds of ~100 networks and an export's few), and
+``measured / factor`` is the model's latency as the validation would have measured it, the state the
+prediction describes. Measured this way (``tools/drift_references.py``,
+``bench/results/cpu-amd-epyc-2t/drift-references.md``), the same model's error against its prediction
+went from +2% .. +24% (six repeats) to -2% .. +9%.
 
-The references are rebuilt with fresh weights from the table's own space config: weights do not change
+The references are rebuilt with fresh weights from the table's own space config and deploy shape: weights do not change
 the latency (checked: a searched child with inherited weights and the same architecture with fresh
 weights measured 5.63 / 5.60 ms p10 interleaved; no denormals in either).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -37,27 +41,38 @@ def pick_references(rows: Sequence[Mapping], n: int = REFERENCES) -> list[dict]:
 
 
 def check_references(refs) -> None:
-    if not isinstance(refs, list) or not all(
-            isinstance(r, Mapping) and isinstance(r.get("arch"), str) and isinstance(r.get("ms"), (int, float))
-            and r["ms"] > 0 for r in refs):
+    def ok(r) -> bool:
+        ms = r.get("ms") if isinstance(r, Mapping) else None
+        return (isinstance(r, Mapping) and isinstance(r.get("arch"), str) and isinstance(ms, (int, float))
+                and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0)
+
+    if not isinstance(refs, list) or not all(ok(r) for r in refs):
         raise ValueError("latency table calibration references must be a list of {arch: 'tok tok ...', ms: > 0}, "
                          f"got {refs!r:.120}")
 
 
-def unusable(table, *, backend: str, provider: str, threads: int, batch: int) -> str | None:
+def unusable(table, *, backend: str, provider: str, threads: int, batch: int, resolution: int,
+             dtype: str = "fp32") -> str | None:
     """Why ``table``'s references cannot compensate a measurement taken with these settings (None when
-    they can): they were timed on the table's runtime, thread count and batch, and only mean the same
-    thing there."""
+    they can): they were timed on the table's runtime, thread count, batch, resolution, dtype and device,
+    and only mean the same thing there."""
     meta = getattr(table, "meta", None) or {}
     cal = meta.get("calibration") or {}
     if not cal.get("references"):
         return "the table's calibration has no reference networks (re-run `hwnas latency validate`, or --refit)"
+    stat = getattr(table, "statistic", "p50")
+    if cal.get("statistic", stat) != stat:
+        return f"the references were measured at {cal['statistic']}, the table reads {stat}"
     if meta.get("backend") != backend or (meta.get("provider") or "CPUExecutionProvider") != provider:
         return f"the table was validated on {meta.get('backend')} ({meta.get('provider')}), this measures {backend} ({provider})"
     if int(meta.get("threads", 1)) != int(threads):
         return f"the table was validated with {meta.get('threads')} threads, this measures with {threads}"
     if int(meta.get("batch", 1)) != int(batch):
         return f"the table was validated at batch {meta.get('batch')}, this measures batch {batch}"
+    if int(meta.get("resolution", 0)) != int(resolution):
+        return f"the table was validated at {meta.get('resolution')}x{meta.get('resolution')}, this measures {resolution}x{resolution}"
+    if meta.get("dtype", "fp32") != dtype:
+        return f"the table was validated in {meta.get('dtype', 'fp32')}, this measures {dtype}"
     from hwnas.device import device_slug
 
     here, there = device_slug("cpu", threads), (meta.get("device") or {}).get("slug")
@@ -67,8 +82,8 @@ def unusable(table, *, backend: str, provider: str, threads: int, batch: int) ->
 
 
 def reference_networks(table) -> list[tuple[object, float]]:
-    """The table's reference networks rebuilt (fresh weights, the table's space config and deploy shape),
-    each with its latency measured at validation time."""
+    """The table's reference networks rebuilt (fresh weights, the table's space config), each with its
+    latency measured at validation time; the caller times them at the table's deploy shape."""
     from hwnas.spaces import Arch, get_space
     from hwnas.spaces.builder import build_child
 
