@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwnas.latency.calibration import describe, fit_affine, select_calibration  # noqa: F401 (re-exported)
+from hwnas.latency.calibration import fit_affine, select_calibration
 from hwnas.latency.penalty import LatencyModel
 from hwnas.latency.reference import pick_references
 from hwnas.latency.timing import PROVIDERS, Runner, measure_interleaved
@@ -260,10 +260,10 @@ def _fit_and_report(table, space, config, model: LatencyModel, rows: list[dict],
     rows by a margin), fill in every row's ``split`` and ``calibrated_ms``, and return the report (figures
     on the held-out rows)."""
     fit, held = rows[:n_fit], rows[n_fit:]
-    blocks = [model.blocks(r["arch"].split(" ")) for r in rows]
+    blocks = [model.blocks(r["arch"].split(" ")) for r in fit]  # only the fit rows are fitted on
     every_row = {s: ms for ks in model.fixed_signatures + [k for row in model.layer_signatures for k in row]
                  for s in ks for ms in (float(table.latency(s)),)}
-    cal = select_calibration(blocks[:n_fit], [r["measured_ms"] for r in fit], rows=every_row)
+    cal = select_calibration(blocks, [r["measured_ms"] for r in fit], rows=every_row)
     affine = fit_affine([r["predicted_sum_ms"] for r in fit], [r["measured_ms"] for r in fit])
     cal.update({"samples_seed": seed, "statistic": stat, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "references": pick_references(fit)})  # for drift compensation (hwnas.latency.reference)
