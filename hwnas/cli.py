@@ -122,7 +122,8 @@ def cmd_profile(args) -> int:
     table = profile_space(space, config, path, device=device, backend=args.backend, batch=args.batch,
                           dtype=args.dtype, threads=threads, warmup=args.warmup, iterations=args.iterations,
                           progress=_profile_progress(space.name), mode=args.mode, provider=args.provider,
-                          rounds=args.rounds, statistic=args.statistic)
+                          rounds=args.rounds, statistic=args.statistic, context=args.context,
+                          network_sets=args.network_sets)
     _print_range(table, space, config)
     print(f"latency table: {path} ({len(table)} rows)")
     return 0
@@ -419,7 +420,8 @@ def cmd_latency(args) -> int:
         dev = meta.get("device") or {}
         print(f"table {args.table}: {len(table)} rows; space {space.name}, {meta.get('resolution')}x{meta.get('resolution')}, "
               f"batch {meta.get('batch')}, {meta.get('dtype')}; {meta.get('backend')} ({meta.get('provider')}) on "
-              f"{dev.get('name', dev.get('slug', '?'))}, {meta.get('threads')} threads; statistic {meta.get('statistic')}")
+              f"{dev.get('name', dev.get('slug', '?'))}, {meta.get('threads')} threads; statistic {meta.get('statistic')}; "
+              + ("blocks timed in place inside networks" if meta.get("context") == "network" else "blocks timed alone"))
         model = LatencyModel(table, space, config)
         if model.calibration:
             c = model.calibration
@@ -493,6 +495,10 @@ def _latency_validate(args, table) -> int:
         print(f"{name:>10}: {fig['within_5pct']:.0%} within +-5%, {fig['within_10pct']:.0%} within +-10%, "
               f"MAPE {fig['mape']:.1%}, mean error {fig['mean_signed_error']:+.1%}, Kendall tau {fig['kendall_tau']:.3f} "
               f"({fig['n']} held-out networks)")
+    if rep.chunk_factors:
+        f = rep.chunk_factors
+        print(f"chunks of {rep.chunk}: the anchors put the machine's speed per chunk at {min(f):.2f}-{max(f):.2f}x "
+              "their median (divided out of every measurement)")
     c = rep.calibration
     tried = ", ".join(f"{k} {v:.1%}" for k, v in c.get("candidates", {}).items())
     print(f"calibration: {describe_calibration(c)} (fit on {c['fit_samples']} other networks; leave-one-out "
@@ -561,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the column predictions read (default %(default)s: latency without interference)")
     p.add_argument("--rounds", type=int, default=5,
                    help="interleaved rounds the calls are spread over, against slow spells of the machine (default %(default)s)")
+    p.add_argument("--context", default=None, choices=["alone", "network"],
+                   help="time each block alone, or in place inside whole covering networks (torch eager on a CPU, "
+                        "chain spaces: blocks then pay what they pay in a network); a new table gets network where it "
+                        "runs, else alone; an existing table keeps its own")
+    p.add_argument("--network-sets", dest="network_sets", type=int, default=3,
+                   help="with --context network: sets of covering networks, each running every block once (default %(default)s)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("search", help="latency-aware architecture search")
@@ -675,8 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(they cluster near the mean) (default %(default)s)")
     q.add_argument("--warmup", type=int, default=10)
     q.add_argument("--chunk", type=int, default=None,
-                   help="prepare and time this many networks at a time (default: all, interleaved; fewer bound "
-                        "memory but expose the figures to the machine's drift over minutes)")
+                   help="prepare and time this many networks at a time, with three anchor networks timed in every "
+                        "chunk to divide out the machine's drift between chunks (default: all at once, except 10 for "
+                        "torch eager on a CPU, whose networks slow down when ~100 are alive together)")
     q.add_argument("--repeats", type=int, default=10,
                    help="networks also built and timed a second time, for the measurement's own noise floor "
                         "(default %(default)s; 0: none)")

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from hwnas.cli import main
+from hwnas.latency.table import LatencyTable
 
 FAST = ["--backend", "torch", "--width-mult", "0.25", "--tables", "tables"]
 
@@ -81,7 +82,22 @@ def test_profile_runtime_refusals_write_nothing(in_workdir, capsys):
     assert_one_line_error(code, err, "cudagraph needs a CUDA device")
     code, _, err = run(capsys, "profile", "--provider", "tensorrt", "--out", "t")
     assert_one_line_error(code, err, "--provider tensorrt does not run on --device cpu")
+    code, _, err = run(capsys, "profile", "--backend", "onnxruntime", "--context", "network", "--out", "t")
+    assert_one_line_error(code, err, "--context network", "torch eager on a CPU only")
     assert not (in_workdir / "t").exists()
+
+
+def test_profile_in_network_from_the_cli(in_workdir, capsys):
+    code, out, _ = run(capsys, "profile", "--backend", "torch", "--context", "network", "--network-sets", "1",
+                       "--width-mult", "0.25", "--resolution", "32", "--warmup", "1", "--iterations", "2",
+                       "--rounds", "1", "--table", "net/t.csv")
+    assert code == 0 and "latency table: net/t.csv (" in out
+    table = LatencyTable.load(in_workdir / "net" / "t.csv")
+    assert table.meta["context"] == "network" and len(table) > 20
+    # the same path cannot then take rows profiled alone
+    code, _, err = run(capsys, "profile", "--backend", "torch", "--context", "alone", "--width-mult", "0.25",
+                       "--resolution", "32", "--table", "net/t.csv")
+    assert_one_line_error(code, err, "holds blocks profiled in place inside networks")
 
 
 def test_unknown_token(in_workdir, capsys):

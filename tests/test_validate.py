@@ -7,7 +7,8 @@ import pytest
 from hwnas.latency.penalty import LatencyModel
 from hwnas.latency.space_tables import profile_space
 from hwnas.latency.table import LatencyTable
-from hwnas.latency.validate import error_figures, fit_affine, kendall_tau, sample_archs, validate
+from hwnas.latency.validate import (anchor_positions, chunk_factors, error_figures, fit_affine, fit_rows, kendall_tau,
+                                    sample_archs, validate)
 from hwnas.spaces import get_space
 from helpers import synthetic_table
 
@@ -99,8 +100,9 @@ def test_validate_end_to_end_on_a_small_real_table(tmp_path):
     seen = []
     rep = validate(table, space, cfg, tmp_path / "v", samples=8, warmup=1, iterations=5, rounds=2, chunk=3,
                    min_round_s=0.0, repeats=2, progress=lambda d, n: seen.append((d, n)))
-    # 8 networks + 2 second instances prepared, each timed in 2 rounds, in 3 chunks
-    assert seen == [(d, 30) for d in range(1, 31)]
+    # 8 networks + 2 second instances + 3 anchors prepared; each timed in 2 rounds, the anchors in each of 3 chunks
+    assert seen == [(d, 51) for d in range(1, 52)]
+    assert rep.chunk == 3 and len(rep.chunk_factors) == 3
     assert rep.repeatability["n"] == 2 and 0 <= rep.repeatability["within_10pct"] <= 1
     assert rep.samples == 8 and rep.holdout == 4 and rep.calibration["fit_samples"] == 4
     for fig in (rep.before, rep.after):
@@ -109,15 +111,17 @@ def test_validate_end_to_end_on_a_small_real_table(tmp_path):
     assert report["calibration"]["b"] == pytest.approx(rep.calibration["b"])
     assert (tmp_path / "v" / "scatter.png").stat().st_size > 1000
     lines = (tmp_path / "v" / "samples.csv").read_text().splitlines()
-    assert len(lines) == 9 and "held_out" in lines[-1]
+    assert len(lines) == 9
     import csv
 
     rows = list(csv.DictReader((tmp_path / "v" / "samples.csv").open()))
-    assert [bool(r["repeat_ms"]) for r in rows] == [True, True] + [False] * 6  # networks 0 and 1 twice
+    assert [bool(r["repeat_ms"]) for r in rows] == [i in (0, 4) for i in range(8)]  # twins spread: 0 and 4
+    assert sorted({r["split"] for r in rows}) == ["fit", "held_out"] and sum(r["split"] == "fit" for r in rows) == 4
 
 
 def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
-    """Known answer: networks 0 and 1 measured 10 and 11 ms, their second instances +4% and +12%."""
+    """Known answer: networks 0 and 3 (every samples/repeats-th) measured 10 and 13 ms, their second
+    instances +4% and +12%."""
     import hwnas.latency.validate as v
 
     space = get_space("proxyless")
@@ -130,9 +134,9 @@ def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
             pass
 
     def fake_measure(runners, **kwargs):
-        n = len(runners) - 2  # the last two are the twins of networks 0 and 1
+        n = len(runners) - 2  # the last two are the twins of networks 0 and 3
         stat = lambda ms: {"count": 1, "mean": ms, "std": 0.0, "p10": ms, "p50": ms, "p90": ms}  # noqa: E731
-        return [stat(10.0 + i) for i in range(n)] + [stat(10.0 * 1.04), stat(11.0 * 1.12)]
+        return [stat(10.0 + i) for i in range(n)] + [stat(10.0 * 1.04), stat(13.0 * 1.12)]
 
     monkeypatch.setattr(v, "Runner", FakeRunner)
     monkeypatch.setattr(v, "measure_interleaved", fake_measure)
@@ -149,3 +153,67 @@ def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
     assert r["perfect_within_10pct"] == 1.0 and r["perfect_within_5pct"] == 0.5
     with pytest.raises(ValueError, match="repeats must be >= 0"):
         validate(table, space, cfg, tmp_path / "w", samples=6, repeats=-1)
+
+
+def test_chunk_factors_and_anchor_positions_known_answers():
+    # anchor 0 at 10/11/10 ms and anchor 1 at 20/22/20 ms in three chunks: the second chunk ran 10% slow
+    assert chunk_factors([[10, 20], [11, 22], [10, 20]]) == pytest.approx([1.0, 1.1, 1.0])
+    assert chunk_factors([[10.0], [5.0], [20.0]]) == pytest.approx([1.0, 0.5, 2.0])
+    for bad in ([], [[1.0, -2.0]], [[float("nan")]]):
+        with pytest.raises(ValueError, match="anchor timings"):
+            chunk_factors(bad)
+    # quartiles of the predicted latencies 5, 1, 4, 2, 3 are the samples predicted 2, 3 and 4 ms
+    assert anchor_positions([5, 1, 4, 2, 3], 3) == [2, 3, 4]
+    assert anchor_positions([1.0, 2.0], 0) == [] and anchor_positions([], 3) == []
+
+
+def test_fit_rows_are_drawn_at_random_not_the_first():
+    a = fit_rows(100, 0.5, seed=0)
+    assert len(a) == 50 and a == fit_rows(100, 0.5, seed=0) and a != set(range(50)) and a != fit_rows(100, 0.5, seed=1)
+    assert len(fit_rows(6, 0.5, 0)) == 3
+    with pytest.raises(ValueError, match="held-out"):
+        fit_rows(4, 0.5, 0)
+
+
+def test_chunks_are_put_on_one_machine_speed_by_the_anchors(tmp_path, monkeypatch):
+    """Known answer: every network measures exactly its plain sum times its chunk's machine speed
+    (1.0, 1.3, 1.0, 0.9 for four chunks); the anchors, timed in every chunk, slow down with it. After
+    the chunk factors are divided out, every network reads its plain sum, and the factors are the speeds
+    over their median (1.0)."""
+    import hwnas.latency.validate as v
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    table = synthetic_table(space, cfg)
+    table.meta = {"backend": "torch", "threads": 1, "resolution": 32, "batch": 1, "dtype": "fp32"}
+    model = LatencyModel(table, space, cfg, calibrated=False)
+    speeds, calls = [1.0, 1.3, 1.0, 0.9], []
+
+    class FakeRunner:
+        def __init__(self, net, *a, **k):
+            self.ms = model.of_tokens(list(net))
+
+    def fake_measure(runners, **kwargs):
+        s = speeds[len(calls)]
+        calls.append(len(runners))
+        stat = lambda ms: {"count": 1, "mean": ms, "std": 0.0, "p10": ms, "p50": ms, "p90": ms}  # noqa: E731
+        return [stat(r.ms * s) for r in runners]
+
+    monkeypatch.setattr(v, "build_child", lambda arch: arch.layers)
+    monkeypatch.setattr(v, "Runner", FakeRunner)
+    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    rep = validate(table, space, cfg, tmp_path / "v", samples=16, chunk=5, repeats=0, min_round_s=0.0)
+    assert calls == [5 + 3, 5 + 3, 5 + 3, 1 + 3]  # each chunk with the three anchors
+    assert rep.chunk_factors == pytest.approx(speeds)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "v" / "samples.csv").open()))
+    for r in rows:
+        assert float(r["measured_ms"]) == pytest.approx(float(r["predicted_sum_ms"]))
+        assert float(r["measured_p90_ms"]) == pytest.approx(float(r["predicted_sum_ms"]))
+    assert rep.after["within_5pct"] == 1.0
+    # torch eager on a CPU defaults to chunks of TORCH_CPU_CHUNK
+    calls.clear()
+    speeds[:] = [1.0] * 4
+    rep = validate(table, space, cfg, tmp_path / "w", samples=30, repeats=0, min_round_s=0.0)
+    assert rep.chunk == v.TORCH_CPU_CHUNK and calls == [v.TORCH_CPU_CHUNK + 3] * 3

@@ -8,7 +8,9 @@ HWNAS=${HWNAS:-.venv/bin/hwnas}
 spaces=${*:-proxyless fbnet spnas}
 for backend in onnxruntime torch; do
   for space in $spaces; do
-    out=$($HWNAS profile --device cpu --backend "$backend" --space "$space" --out latency_tables/ | tail -1)
+    context=alone
+    [ "$backend" = torch ] && context=network  # torch eager rows timed in place (hwnas/latency/in_network.py)
+    out=$($HWNAS profile --device cpu --backend "$backend" --space "$space" --context $context --out latency_tables/ | tail -1)
     table=$(echo "$out" | sed -E 's/^latency table: ([^ ]+) .*/\1/')
     echo "== $backend $space: $table"
     $HWNAS latency validate --table "$table" --samples 100 --out "${table%.csv}.validate" | tail -4

@@ -76,6 +76,9 @@ def _warn_if_busy(threads: int, cpus: int) -> None:
         )
 
 
+_CONTEXT_WORDS = {"alone": "alone", "network": "in place inside networks"}
+
+
 def _open_table(path, meta: dict) -> LatencyTable:
     csv_path, _ = table_files(path)
     if not csv_path.exists():
@@ -89,6 +92,10 @@ def _open_table(path, meta: dict) -> LatencyTable:
         if key in meta and str(table.meta.get(key)) != str(meta[key])
         and not (key == "threads" and meta["device"].get("type") == "cuda")  # CPU threads barely matter there
     ]
+    have_ctx, want_ctx = table.meta.get("context", "alone"), meta.get("context", "alone")
+    if have_ctx != want_ctx:  # blocks timed alone and in place inside networks are different quantities
+        raise LatencyTableError(f"latency table {csv_path} holds blocks profiled {_CONTEXT_WORDS[have_ctx]}; rows "
+                                f"profiled {_CONTEXT_WORDS[want_ctx]} must go to a table of their own (another --out)")
     have_slug = (table.meta.get("device") or {}).get("slug")
     want_slug = meta["device"]["slug"]
     if have_slug != want_slug:

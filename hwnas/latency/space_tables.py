@@ -11,7 +11,7 @@ import torch
 
 from hwnas.device import device_slug
 from hwnas.latency.profiler import BlockSpec, profile_blocks
-from hwnas.latency.table import LatencyTable, LatencyTableError, check_compatible, table_path
+from hwnas.latency.table import LatencyTable, LatencyTableError, check_compatible, table_files, table_path
 from hwnas.latency.timing import runtime, runtime_label
 from hwnas.spaces.chain import ChainSpace, Part
 
@@ -25,6 +25,10 @@ WARMUP, ITERATIONS, ROUNDS = 10, 100, 5
 # work on the machine (``hwnas latency validate`` measured 100% of held-out networks within +-10% with
 # p10 against 94% with p50 on a shared 2-core VM; see README).
 STATISTIC = "p10"
+# How blocks are placed when timed (``profile_space``), and how many sets of covering networks an
+# in-network profile times (each set runs every (layer, candidate) once, next to other neighbours).
+CONTEXTS = ("alone", "network")
+NETWORK_SETS = 3
 
 
 def default_threads() -> int:
@@ -52,6 +56,16 @@ def space_blocks(space: ChainSpace, config: dict, batch: int = 1) -> list[BlockS
     return blocks
 
 
+def default_context(space, backend: str, device, mode: str | None = None, provider: str | None = None) -> str:
+    """``"network"`` where in-network profiling runs (torch eager on a CPU, chain spaces), else ``"alone"``.
+    On the 2-core EPYC VM, in-network rows summed to within +-10% of 94% (proxyless) and 100% (fbnet) of
+    held-out whole networks before any calibration, against 92% and 70% for rows timed alone (same
+    measurements; ``bench/results/cpu-amd-epyc-2t/torch-in-network.md``)."""
+    mode, _ = runtime(backend, device, mode, provider)
+    eager_cpu = backend == "torch" and mode == "eager" and torch.device(device).type == "cpu"
+    return "network" if eager_cpu and getattr(space, "kind", "chain") == "chain" else "alone"
+
+
 def needed_signatures(space: ChainSpace, config: dict) -> list[str]:
     return [b.signature for b in space_blocks(space, config)]
 
@@ -69,10 +83,31 @@ def default_table_path(space: str, *, device: torch.device, backend: str, resolu
 def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, device: torch.device, backend: str,
                   batch: int = 1, dtype: str = "fp32", threads: int | None = None, warmup: int = WARMUP,
                   iterations: int = ITERATIONS, progress=None, mode: str | None = None,
-                  provider: str | None = None, rounds: int = ROUNDS, statistic: str = STATISTIC) -> LatencyTable:
-    """Profile every block of ``space`` (at ``config``'s deploy shape) missing from the table at ``path``."""
+                  provider: str | None = None, rounds: int = ROUNDS, statistic: str = STATISTIC,
+                  context: str | None = None, network_sets: int = NETWORK_SETS) -> LatencyTable:
+    """Profile every block of ``space`` (at ``config``'s deploy shape) missing from the table at ``path``.
+
+    ``context`` is how a block is timed: ``"alone"`` (each block its own module or ONNX model; every
+    backend) or ``"network"`` (in place inside ``network_sets`` sets of covering networks,
+    ``hwnas.latency.in_network``; torch eager on a CPU, chain spaces). By default an existing table keeps
+    its own context and a new one gets ``default_context``."""
     cfg = space.resolve_config(config)
     meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch, "config": cfg}
+    if context is None:
+        csv_path = table_files(path)[0]
+        context = (LatencyTable.load(csv_path).meta.get("context", "alone") if csv_path.exists()
+                   else default_context(space, backend, device, mode, provider))
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown profile context {context!r}; choose from {', '.join(CONTEXTS)}")
+    if context == "network":
+        mode, provider = runtime(backend, device, mode, provider)
+        if backend != "torch" or mode != "eager" or torch.device(device).type != "cpu":
+            raise ValueError(f"--context network times blocks in place with the host clock: torch eager on a CPU "
+                             f"only, not {runtime_label(backend, mode, provider)} on {device}")
+        from hwnas.latency.in_network import profile_in_network
+        return profile_in_network(space, cfg, path, threads=threads or default_threads(), meta=meta,
+                                  reps=network_sets, warmup=warmup, iterations=iterations, rounds=rounds,
+                                  statistic=statistic, dtype=dtype, batch=batch, progress=progress)
     return profile_blocks(space_blocks(space, cfg, batch), path, backend=backend, device=device,
                           threads=threads or default_threads(), warmup=warmup, iterations=iterations, dtype=dtype,
                           meta=meta, progress=progress, mode=mode, provider=provider, rounds=rounds,

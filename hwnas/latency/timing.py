@@ -463,16 +463,20 @@ def measure_interleaved(runners: Sequence[Runner | CallRunner], *, warmup: int, 
     other runners used). A round shorter than ``min_round_s`` is followed by a pause to fill it, so the
     rounds are spread in time. The samples of all rounds are pooled: the median then ignores a slow
     spell of the machine that hits fewer than half of the rounds, where one burst of calls would take
-    it whole. ``progress(done, total)`` counts runner-rounds."""
+    it whole. Round ``r`` starts at runner ``r * n // rounds`` and wraps around, so a runner's place in
+    the round (after which other runners, how far into the round) changes from round to round.
+    ``progress(done, total)`` counts runner-rounds."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     per_round = -(-int(iterations) // rounds)
     pooled: list[list[np.ndarray]] = [[] for _ in runners]
     total, done = rounds * len(runners), 0
+    n = len(runners)
     for r in range(rounds):
         started = time.perf_counter()
-        for i, runner in enumerate(runners):
-            pooled[i].append(runner.samples(per_round, warmup if r == 0 else min(warmup, 3)))
+        shift = r * n // rounds  # each runner at another point of each round: no runner always first or last
+        for i in [*range(shift, n), *range(shift)]:
+            pooled[i].append(runners[i].samples(per_round, warmup if r == 0 else min(warmup, 3)))
             done += 1
             if progress is not None:
                 progress(done, total)

@@ -39,6 +39,15 @@ from hwnas.spaces.chain import ChainSpace
 
 log = logging.getLogger("hwnas.latency")
 
+# torch eager on a CPU is validated 10 networks at a time: with all 100 alive and interleaved, each network
+# measured 1.1-1.5x what it measures alone in a fresh process (one proxyless network: 12.4 ms alone, 12.5
+# among 10, 14.1 among 40, 18.2 among 110; 2-core EPYC VM, 2026-11-27), so a calibration fitted there
+# over-predicted a deployed model by about that much. ONNX Runtime sessions do not show it (their export
+# measurements, 4 sessions alive, land within 10% of predictions fitted among 110).
+TORCH_CPU_CHUNK = 10
+# Networks timed in every chunk, whose median ratio between chunks is each chunk's machine speed.
+ANCHORS = 3
+
 
 def table_runtime(meta: dict) -> tuple[str | None, str | None]:
     """``(mode, provider)`` a table was profiled with, as ``measure_module`` takes them."""
@@ -155,6 +164,8 @@ class ValidationReport:
     iterations: int = 50
     repeatability: dict | None = None
     after_affine: dict | None = None  # held-out figures of the affine form, beside a grouped choice
+    chunk: int | None = None  # networks alive and timed together
+    chunk_factors: list | None = None  # each chunk's speed relative to the anchors' median (divided out)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,13 +177,16 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
              repeats: int = 10, progress=None) -> ValidationReport:
     """Measure ``samples`` random architectures (``sample_archs`` with ``sampling``) end to end and write
     ``samples.csv``, ``report.json`` and ``scatter.png`` into ``out_dir``. Networks are taken ``chunk`` at
-    a time (default: all at once): prepared (exported, session opened), then timed in ``rounds``
-    interleaved rounds of at least ``min_round_s`` (``measure_interleaved``), then released. Interleaving
-    every network is what makes the figures comparable: this shared VM's speed drifts by ~10% over
-    minutes, and chunks of 10 timed one after another turned that drift into a residual correlated +0.48
-    with the sample index (spnas, ONNX Runtime: 60% within +-10% instead of 80%). Smaller chunks bound
-    the live sessions or modules (torch's oneDNN primitive cache holds 1024 primitives) at that price.
-    The first ``repeats`` networks are also built a second time and timed as separate networks in the
+    a time (default: all at once, except torch eager on a CPU: ``TORCH_CPU_CHUNK``): prepared (exported,
+    session opened), then timed in ``rounds`` interleaved rounds of at least ``min_round_s``
+    (``measure_interleaved``), then released. Interleaving is what makes the figures comparable: this
+    shared VM's speed drifts by ~10% over minutes, and chunks of 10 timed one after another once turned
+    that drift into a residual correlated +0.48 with the sample index (spnas, ONNX Runtime: 60% within
+    +-10% instead of 80%). So when there are several chunks, ``ANCHORS`` networks spread over the
+    predicted range are built once and timed in every chunk, and each chunk's measurements are divided by
+    its factor (``chunk_factors``: the anchors' median ratio to their own median over all chunks; the
+    factors are in the report and each sample's row). The fit half is drawn at random (``fit_rows``).
+    Every ``samples / repeats``-th network is also built a second time and timed as a separate network in the
     same rounds: how often two instances of one network agree (``repeatability``: share within +-5% and
     +-10%, median and largest difference) is the noise of the measurement itself. Two measurements differ
     by about sqrt(2) times one measurement's own error, so a perfect predictor would land within +-10% of a
@@ -190,11 +204,20 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     archs = sample_archs(space, config, samples, seed, sampling=sampling, model=model)
     if repeats < 0:
         raise ValueError(f"repeats must be >= 0, got {repeats}")
-    repeats = min(int(repeats), len(archs))
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n = len(archs)
+    repeats = min(int(repeats), n)
+    twins_of = {round(k * n / repeats) for k in range(repeats)} if repeats else set()  # spread over the chunks
+    chunk = chunk or (TORCH_CPU_CHUNK if backend == "torch" and device == "cpu" else n)
+    chunks = [list(range(first, min(first + chunk, n))) for first in range(0, n, chunk)]
+    stat = getattr(table, "statistic", "p50")  # measured networks are read with the table's own statistic
+    anchors = anchor_positions([model.of_tokens(a) for a in archs], ANCHORS) if len(chunks) > 1 else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    total, done, stats, repeat_stats = (len(archs) + repeats) * (1 + rounds), 0, [], {}
+    total = (n + repeats + len(anchors)) + rounds * (n + repeats + len(anchors) * len(chunks))
+    done, stats, repeat_stats, anchor_stats = 0, [], {}, []
 
     def tick(_d=None, _n=None):
         nonlocal done
@@ -209,21 +232,30 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
         tick()
         return r
 
-    chunk = chunk or len(archs)
-    for first in range(0, len(archs), chunk):
-        indices = list(range(first, min(first + chunk, len(archs))))
+    anchor_runners = [runner(archs[i]) for i in anchors]  # built once, timed in every chunk
+    for indices in chunks:
         runners = [runner(archs[i]) for i in indices]
-        twins = [i for i in indices if i < repeats]
+        twins = [i for i in indices if i in twins_of]
         runners += [runner(archs[i]) for i in twins]  # second instances, timed in the same rounds
-        measured = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
+        measured = measure_interleaved(runners + anchor_runners, warmup=warmup, iterations=iterations, rounds=rounds,
                                        min_round_s=min_round_s, progress=tick)
         stats += measured[:len(indices)]
-        repeat_stats.update(zip(twins, measured[len(indices):], strict=True))
+        repeat_stats.update(zip(twins, measured[len(indices):len(indices) + len(twins)], strict=True))
+        anchor_stats.append([m[stat] for m in measured[len(runners):]])
         del runners
+    del anchor_runners
+    factors = chunk_factors(anchor_stats) if anchors else [1.0] * len(chunks)
+    factor_of = {i: f for indices, f in zip(chunks, factors, strict=True) for i in indices}
+    # every statistic of a network is put on the anchors' common level (its chunk's factor divided out)
+    stats = [{k: (v / factor_of[i] if k in ("mean", "p10", "p50", "p90") else v) for k, v in st.items()}
+             for i, st in enumerate(stats)]
+    repeat_stats = {i: {k: (v / factor_of[i] if k in ("mean", "p10", "p50", "p90") else v) for k, v in st.items()}
+                    for i, st in repeat_stats.items()}
     stat = getattr(table, "statistic", "p50")  # measured networks are read with the table's own statistic
     rows = [{"index": i, "predicted_sum_ms": model.of_tokens(tokens), "measured_ms": st[stat],
              "measured_p10_ms": st["p10"], "measured_p50_ms": st["p50"], "measured_p90_ms": st["p90"],
-             "arch": " ".join(tokens), "repeat_ms": repeat_stats[i][stat] if i in repeat_stats else ""}
+             "arch": " ".join(tokens), "repeat_ms": repeat_stats[i][stat] if i in repeat_stats else "",
+             "chunk_factor": factor_of[i]}
             for i, (tokens, st) in enumerate(zip(archs, stats, strict=True))]
     repeatability = None
     if repeat_stats:
@@ -235,14 +267,37 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
                          "perfect_within_10pct": float(np.mean(diff <= 0.10 * math.sqrt(2)))}
     _write_samples(rows, out)  # the measurements are kept even if the fit below fails (--refit recovers them)
     try:
-        report = _fit_and_report(table, space, config, model, rows, _split(len(rows), fit_fraction), seed=seed, stat=stat)
+        report = _fit_and_report(table, space, config, model, rows, fit_rows(len(rows), fit_fraction, seed),
+                                 seed=seed, stat=stat)
     except ValueError as e:
         raise ValueError(f"{e} (the measurements are kept in {out / 'samples.csv'}; `hwnas latency validate "
                          f"--refit {out}` fits again without measuring)") from None
     report.seconds = time.perf_counter() - started
     report.sampling, report.rounds, report.iterations, report.repeatability = sampling, rounds, iterations, repeatability
+    report.chunk = chunk
+    report.chunk_factors = [float(f) for f in factors] if anchors else None
     _write(report, rows, out, meta, stat)
     return report
+
+
+def anchor_positions(predicted: list[float], k: int) -> list[int]:
+    """Positions of ``k`` samples spread over the predicted range (nearest to evenly spaced quantiles
+    strictly inside it): the anchors timed in every chunk."""
+    if k < 1 or not predicted:
+        return []
+    order = sorted(range(len(predicted)), key=lambda i: predicted[i])
+    return sorted({order[min(len(order) - 1, int((j + 1) * len(order) / (k + 1)))] for j in range(k)})
+
+
+def chunk_factors(anchor_stats: list[list[float]]) -> list[float]:
+    """Each chunk's speed relative to the others, from the anchor networks timed in every chunk:
+    ``anchor_stats[c][j]`` is anchor ``j`` in chunk ``c``; the factor of chunk ``c`` is the median over
+    anchors of its time divided by that anchor's median over all chunks (1.0 for a chunk at the usual
+    speed, 1.1 for one measured while the machine ran 10% slower)."""
+    a = np.asarray(anchor_stats, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise ValueError(f"anchor timings must be positive, one row per chunk; got {anchor_stats!r}")
+    return [float(f) for f in np.median(a / np.median(a, axis=0), axis=1)]
 
 
 def _split(n: int, fit_fraction: float) -> int:
@@ -253,13 +308,24 @@ def _split(n: int, fit_fraction: float) -> int:
     return n_fit
 
 
-def _fit_and_report(table, space, config, model: LatencyModel, rows: list[dict], n_fit: int, *, seed: int,
+def fit_rows(n: int, fit_fraction: float, seed: int) -> set[int]:
+    """Which of ``n`` samples (by position) fit the calibration: ``_split``'s count, drawn at random with
+    ``seed``. Not the first ones: the shipped torch/proxyless validation (fit = first half) measured its
+    fit half 1.58x its sums and its held-out half 1.34x in the same interleaved rounds (the ratio fell
+    with the position at which a network was built), and a calibration fitted on one and judged on the
+    other measured that, not the predictor."""
+    n_fit = _split(n, fit_fraction)
+    return set(random.Random(seed).sample(range(n), n_fit))
+
+
+def _fit_and_report(table, space, config, model: LatencyModel, rows: list[dict], fit_at: set[int], *, seed: int,
                     stat: str) -> ValidationReport:
-    """Fit the calibration on the first ``n_fit`` of ``rows`` (``select_calibration``: the affine form,
+    """Fit the calibration on ``rows`` at the positions ``fit_at`` (``select_calibration``: the affine form,
     per-block-type scales and/or a per-block term, whichever has the smallest leave-one-out error on those
     rows by a margin), fill in every row's ``split`` and ``calibrated_ms``, and return the report (figures
     on the held-out rows)."""
-    fit, held = rows[:n_fit], rows[n_fit:]
+    fit = [r for k, r in enumerate(rows) if k in fit_at]
+    held = [r for k, r in enumerate(rows) if k not in fit_at]
     blocks = [model.blocks(r["arch"].split(" ")) for r in fit]  # only the fit rows are fitted on
     every_row = {s: ms for ks in model.fixed_signatures + [k for row in model.layer_signatures for k in row]
                  for s in ks for ms in (float(table.latency(s)),)}
@@ -269,7 +335,7 @@ def _fit_and_report(table, space, config, model: LatencyModel, rows: list[dict],
                 "references": pick_references(fit)})  # for drift compensation (hwnas.latency.reference)
     calibrated = LatencyModel(table, space, config, calibration=cal)
     for k, r in enumerate(rows):
-        r["split"] = "fit" if k < n_fit else "held_out"
+        r["split"] = "fit" if k in fit_at else "held_out"
         r["calibrated_ms"] = calibrated.of_tokens(r["arch"].split(" "))
     meas = [r["measured_ms"] for r in held]
     before = error_figures([r["predicted_sum_ms"] for r in held], meas)
@@ -332,13 +398,15 @@ def refit(table, space, config, run_dir: str | os.PathLike) -> ValidationReport:
         r["predicted_sum_ms"] = model.of_tokens(tokens)  # the table as it is now
     rows.sort(key=lambda r: r["index"])
     splits = [r.get("split") for r in rows]
-    n_fit = splits.count("fit") if set(splits) <= {"fit", "held_out"} else _split(len(rows), 0.5)
-    if splits[:n_fit] != ["fit"] * n_fit and set(splits) <= {"fit", "held_out"}:
-        raise ValueError(f"{path}: the fit rows are not the first ones; this is not a validate run's split")
+    if not set(splits) <= {"fit", "held_out"}:
+        raise ValueError(f"{path}: its split column holds {sorted(set(map(str, splits)) - {'fit', 'held_out'})}; "
+                         "expected fit / held_out (this is not a validate run's samples file)")
+    fit_at = {k for k, sp in enumerate(splits) if sp == "fit"}
+    n_fit = len(fit_at)
     if len(rows) - n_fit < 2 or n_fit < 3:
         raise ValueError(f"{path}: {n_fit} fit and {len(rows) - n_fit} held-out rows; need at least 3 and 2")
     old = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
-    report = _fit_and_report(table, space, config, model, rows, n_fit,
+    report = _fit_and_report(table, space, config, model, rows, fit_at,
                              seed=int(old.get("calibration", {}).get("samples_seed", 0)), stat=stat)
     for key in ("seconds", "sampling", "rounds", "iterations", "repeatability"):
         if key in old:
