@@ -42,8 +42,8 @@ log = logging.getLogger("hwnas.latency")
 # torch eager on a CPU is validated 10 networks at a time: with all 100 alive and interleaved, each network
 # measured 1.1-1.5x what it measures alone in a fresh process (one proxyless network: 12.4 ms alone, 12.5
 # among 10, 14.1 among 40, 18.2 among 110; 2-core EPYC VM, 2026-11-27), so a calibration fitted there
-# over-predicted a deployed model by about that much. ONNX Runtime sessions do not show it (their export
-# measurements, 4 sessions alive, land within 10% of predictions fitted among 110).
+# over-predicted a deployed model by about that much. ONNX Runtime sessions do not show it (one network:
+# 3.86 ms alone, 3.67 among 10, 3.53 among 40, 3.53 among 110).
 TORCH_CPU_CHUNK = 10
 # Networks timed in every chunk, whose median ratio between chunks is each chunk's machine speed.
 ANCHORS = 3
@@ -247,11 +247,8 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     factors = chunk_factors(anchor_stats) if anchors else [1.0] * len(chunks)
     factor_of = {i: f for indices, f in zip(chunks, factors, strict=True) for i in indices}
     # every statistic of a network is put on the anchors' common level (its chunk's factor divided out)
-    stats = [{k: (v / factor_of[i] if k in ("mean", "p10", "p50", "p90") else v) for k, v in st.items()}
-             for i, st in enumerate(stats)]
-    repeat_stats = {i: {k: (v / factor_of[i] if k in ("mean", "p10", "p50", "p90") else v) for k, v in st.items()}
-                    for i, st in repeat_stats.items()}
-    stat = getattr(table, "statistic", "p50")  # measured networks are read with the table's own statistic
+    stats = [_on_common_level(st, factor_of[i]) for i, st in enumerate(stats)]
+    repeat_stats = {i: _on_common_level(st, factor_of[i]) for i, st in repeat_stats.items()}
     rows = [{"index": i, "predicted_sum_ms": model.of_tokens(tokens), "measured_ms": st[stat],
              "measured_p10_ms": st["p10"], "measured_p50_ms": st["p50"], "measured_p90_ms": st["p90"],
              "arch": " ".join(tokens), "repeat_ms": repeat_stats[i][stat] if i in repeat_stats else "",
@@ -278,6 +275,11 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     report.chunk_factors = [float(f) for f in factors] if anchors else None
     _write(report, rows, out, meta, stat)
     return report
+
+
+def _on_common_level(stats: dict, factor: float) -> dict:
+    """``summarize`` stats with their latencies divided by ``factor`` (counts kept; std scales too)."""
+    return {k: (v / factor if k in ("mean", "std", "p10", "p50", "p90") else v) for k, v in stats.items()}
 
 
 def anchor_positions(predicted: list[float], k: int) -> list[int]:
