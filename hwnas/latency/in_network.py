@@ -39,7 +39,7 @@ from hwnas.fsio import atomic_write_text
 from hwnas.latency.allocator import keep_heap
 from hwnas.latency.profiler import _open_table, _warn_if_busy, provider_name
 from hwnas.latency.table import LatencyTable, table_files
-from hwnas.latency.timing import Runner, summarize
+from hwnas.latency.timing import Runner, measure_interleaved, summarize
 from hwnas.spaces.arch import Arch
 from hwnas.spaces.builder import build_child
 
@@ -97,6 +97,23 @@ class _Clock:
         module.register_forward_hook(after)
 
 
+class _HookedRunner:
+    """A ``Runner`` whose ``samples`` also moves the in-place block times of its timed calls (not the
+    warm-up ones, which run first) from its hooks' clock into ``pooled`` by signature."""
+
+    def __init__(self, runner: Runner, clock: _Clock, positions: list, pooled: dict[str, list[float]]):
+        self.runner, self.clock, self.positions, self.pooled = runner, clock, positions, pooled
+
+    def samples(self, iterations: int, warmup: int = 0) -> np.ndarray:
+        before = [len(x) for x in self.clock.samples]
+        out = self.runner.samples(iterations, warmup)
+        for i, (_name, sig) in enumerate(self.positions):
+            if sig is not None:
+                new = self.clock.samples[i][before[i]:]
+                self.pooled.setdefault(sig, []).extend(new[len(new) - iterations:])
+        return out
+
+
 def _plan_key(space, config: dict, archs: list[list[str]], settings: dict) -> str:
     text = json.dumps({"space": space.name, "config": config, "archs": archs, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -144,39 +161,24 @@ def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads:
         else:
             log.warning("ignoring %s: it belongs to another profile plan", partial)
     width = len(archs) // reps
-    per_round = -(-int(iterations) // rounds)
     total, ticks = reps * width * rounds, done_sets * width * rounds
     started = time.perf_counter()
     for s in range(done_sets, reps):
-        nets = list(range(s * width, (s + 1) * width))
-        clocks, runners = [], []
-        for n in nets:
+        runners = []
+        for n in range(s * width, (s + 1) * width):
             net = build_child(Arch(space.name, cfg, archs[n]))
             clock = _Clock(len(positions[n]))
             for i, (name, _sig) in enumerate(positions[n]):
                 clock.hook(net.get_submodule(name), i)
-            runners.append(Runner(net, (batch, 3, cfg["resolution"], cfg["resolution"]), backend="torch", device=cpu,
-                                  threads=threads, dtype=dtype, mode="eager"))
-            clocks.append(clock)
-        for r in range(rounds):
-            t0 = time.perf_counter()
-            order = nets[r % width:] + nets[:r % width]  # each network at another point of the round each time
-            for n in order:
-                k = n - s * width
-                clock = clocks[k]
-                before = [len(x) for x in clock.samples]
-                runners[k].samples(per_round, warmup if r == 0 else min(warmup, 3))
-                for i, (_name, sig) in enumerate(positions[n]):
-                    if sig is not None:  # the last per_round calls are the timed ones (warm-up calls come first)
-                        new = clock.samples[i][before[i]:]
-                        pooled.setdefault(sig, []).extend(new[len(new) - per_round:])
-                ticks += 1
-                if progress is not None:
-                    progress(ticks, total, f"set {s + 1}/{reps}")
-            spare = min_round_s - (time.perf_counter() - t0)
-            if spare > 0 and r + 1 < rounds:
-                time.sleep(spare)
-        del runners, clocks
+            runners.append(_HookedRunner(Runner(net, (batch, 3, cfg["resolution"], cfg["resolution"]), backend="torch",
+                                                device=cpu, threads=threads, dtype=dtype, mode="eager"),
+                                         clock, positions[n], pooled))
+        # the rounds, their rotation and their padding are measure_interleaved's; the hooks fill ``pooled``
+        measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds, min_round_s=min_round_s,
+                            progress=None if progress is None else
+                            (lambda d, _n, s=s: progress(ticks + d, total, f"set {s + 1}/{reps}")))
+        ticks += width * rounds
+        del runners
         atomic_write_text(partial, json.dumps({"key": key, "sets_done": s + 1, "samples": pooled}) + "\n")
     for sig in sorted(wanted):
         if only_missing and sig in table:
