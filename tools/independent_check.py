@@ -24,7 +24,7 @@ import numpy as np
 def _one(table_path: str, tokens: list[str], references: bool) -> dict:
     import torch
 
-    from hwnas.latency.reference import reference_networks
+    from hwnas.latency.reference import machine_factor, reference_networks
     from hwnas.latency.table import LatencyTable
     from hwnas.latency.timing import Runner, measure_interleaved
     from hwnas.latency.validate import table_runtime
@@ -51,7 +51,7 @@ def _one(table_path: str, tokens: list[str], references: bool) -> dict:
         then = [ms for _, ms in refs]
         now = [s[stat] for s in measure_interleaved([runner(n) for n, _ in refs], warmup=10, iterations=50, rounds=5,
                                                     min_round_s=1.0)]
-        out["drift"] = float(np.median(np.array(now) / np.array(then)))
+        out["drift"] = machine_factor(now, then)
     return out
 
 

@@ -61,9 +61,16 @@ def default_context(space, backend: str, device, mode: str | None = None, provid
     On the 2-core EPYC VM, in-network rows summed to within +-10% of 94% (proxyless) and 100% (fbnet) of
     held-out whole networks before any calibration, against 92% and 70% for rows timed alone (same
     measurements; ``bench/results/cpu-amd-epyc-2t/torch-in-network.md``)."""
+    chain = getattr(space, "kind", "chain") == "chain"
+    return "network" if chain and host_clock_runtime(backend, device, mode, provider) else "alone"
+
+
+def host_clock_runtime(backend: str, device, mode: str | None = None, provider: str | None = None) -> bool:
+    """True where the host clock brackets a block's work (torch eager on a CPU): in-network profiling's
+    condition. A CUDA block needs a sync to be bracketed, which changes what is measured; ONNX Runtime and
+    compiled / CUDA-graph torch run a network as one call with no block boundary to hook."""
     mode, _ = runtime(backend, device, mode, provider)
-    eager_cpu = backend == "torch" and mode == "eager" and torch.device(device).type == "cpu"
-    return "network" if eager_cpu and getattr(space, "kind", "chain") == "chain" else "alone"
+    return backend == "torch" and mode == "eager" and torch.device(device).type == "cpu"
 
 
 def needed_signatures(space: ChainSpace, config: dict) -> list[str]:
@@ -100,10 +107,10 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
     if context not in CONTEXTS:
         raise ValueError(f"unknown profile context {context!r}; choose from {', '.join(CONTEXTS)}")
     if context == "network":
-        mode, provider = runtime(backend, device, mode, provider)
-        if backend != "torch" or mode != "eager" or torch.device(device).type != "cpu":
+        if not host_clock_runtime(backend, device, mode, provider):
+            label = runtime_label(backend, *runtime(backend, device, mode, provider))
             raise ValueError(f"--context network times blocks in place with the host clock: torch eager on a CPU "
-                             f"only, not {runtime_label(backend, mode, provider)} on {device}")
+                             f"only, not {label} on {device}")
         from hwnas.latency.in_network import profile_in_network
         return profile_in_network(space, cfg, path, threads=threads or default_threads(), meta=meta,
                                   reps=network_sets, warmup=warmup, iterations=iterations, rounds=rounds,
