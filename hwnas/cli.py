@@ -4,7 +4,7 @@
     hwnas search    search a space on data, latency-aware, and derive an architecture
     hwnas export    child network -> ONNX, checked against torch, latency measured
     hwnas train     train an architecture from scratch, report test accuracy
-    hwnas latency   show a table / predict an architecture's latency
+    hwnas latency   show / validate a table, predict an architecture's latency, compare two profiles
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def cmd_compare(args) -> int:
                         epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                         train_epochs=args.train_epochs, random_archs=args.random, seed=args.seed, data=args.data,
                         data_root=args.data_root, config=_config_overrides(args),
-                        device=str(resolve_device(args.device)))
+                        device=str(resolve_device(args.device)), arch_lr_scale=args.arch_lr_scale)
     out = Path(args.out or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-compare-{args.space}")
     fresh = not out.exists()
     _log_to_file(out / "log.txt")
@@ -410,6 +410,8 @@ def cmd_latency(args) -> int:
     meta = table.meta
     if args.latency_cmd == "validate":
         return _latency_validate(args, table)
+    if args.latency_cmd == "agreement":
+        return _latency_agreement(args, table)
     if args.latency_cmd == "show":
         from hwnas.spaces import get_space
 
@@ -460,6 +462,22 @@ def cmd_latency(args) -> int:
         print(f"{model.of_tokens(arch.layers):.3f} ms (calibrated; plain sum {raw:.3f} ms)")
     else:
         print(f"{model.of_tokens(arch.layers):.3f} ms")
+    return 0
+
+
+def _latency_agreement(args, table) -> int:
+    from hwnas.latency.agreement import compare_tables
+    from hwnas.latency.table import LatencyTable
+
+    result = compare_tables(table, LatencyTable.load(args.other), statistic=args.statistic, tolerance=args.tolerance)
+    print(f"{args.other} against {args.table}: {result.rows} rows in common"
+          + (f", {len(result.only_a)} only in --table" if result.only_a else "")
+          + (f", {len(result.only_b)} only in --other" if result.only_b else ""))
+    for key, (a, b) in result.differences.items():
+        print(f"note: {key} differs: {a!r} vs {b!r}")
+    print(result.summary())
+    for sig, ratio in result.worst(args.worst):
+        print(f"{ratio - 1:+8.1%}  {table.df.at[sig, result.statistic]:9.4f} ms  {sig}")
     return 0
 
 
@@ -628,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--train-epochs", type=int, default=10, help="from-scratch training of every architecture")
     p.add_argument("--random", type=int, default=3, help="random architectures in the window (default %(default)s)")
+    p.add_argument("--arch-lr-scale", type=float, default=1.0,
+                   help="multiply every method's architecture learning rate (its paper's) by this: a short search "
+                        "on small data takes few architecture steps, too few at the papers' rates for the alphas to "
+                        "leave uniform (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--runs", default="runs")
@@ -699,6 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--refit", default=None, metavar="RUN_DIR",
                    help="measure nothing: fit the calibration again on an earlier validate run's samples.csv "
                         "(its report is rewritten in place)")
+    q.set_defaults(func=cmd_latency)
+    q = lsub.add_parser("agreement", help="do two profiles of one table agree, row by row?")
+    q.add_argument("--table", required=True)
+    q.add_argument("--other", required=True, help="the second profile of the same table (e.g. made with --tables DIR)")
+    q.add_argument("--statistic", default=None, choices=["p10", "p50", "mean", "p90"],
+                   help="row statistic compared (default: --table's own; issue 3 asks p50)")
+    q.add_argument("--tolerance", type=float, default=0.05, help="relative difference allowed (default %(default)s)")
+    q.add_argument("--worst", type=int, default=5, help="list this many rows that differ most (default %(default)s)")
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("predict", help="predicted latency of an architecture")
     q.add_argument("--table", required=True)

@@ -1,0 +1,109 @@
+"""Do two profiles of one latency table agree? Row by row, at one statistic.
+
+Issue 3 asks that two profiles of the same table agree within 5% on the median of each row. This module
+holds two tables' rows against each other: the share of common rows whose statistic differs by at most
+``tolerance``, the largest difference, the ratio of the row sums, and the same share after dividing out
+the median ratio -- a machine that ran uniformly slower during one profile moves every row alike (that is
+drift, which the table's reference networks compensate at prediction time), while rows that disagree
+after the common factor is gone are the profile's own noise.
+
+    hwnas latency agreement --table A.csv --other B.csv [--statistic p50] [--tolerance 0.05]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hwnas.latency.table import LatencyTable, LatencyTableError
+
+# sidecar keys that must match for rows to be the same measurement; the others are reported, not refused
+MUST_MATCH = ("space", "resolution", "batch", "dtype")
+REPORTED = ("backend", "provider", "mode", "threads", "context", "statistic")
+STATISTICS = ("p10", "p50", "mean", "p90")
+
+
+@dataclass
+class Agreement:
+    """Row-by-row comparison of table ``b`` against table ``a`` at one statistic."""
+
+    statistic: str
+    tolerance: float
+    ratios: pd.Series  # b / a per common signature
+    only_a: list[str]
+    only_b: list[str]
+    differences: dict  # sidecar key -> (a's value, b's value) for REPORTED keys that differ
+    sum_ratio: float  # sum of b's common rows / sum of a's
+
+    @property
+    def rows(self) -> int:
+        return len(self.ratios)
+
+    @property
+    def within(self) -> int:
+        return int((np.abs(self.ratios.to_numpy() - 1) <= self.tolerance + 1e-12).sum())
+
+    @property
+    def share(self) -> float:
+        return self.within / self.rows
+
+    @property
+    def largest(self) -> tuple[str, float]:
+        """The signature whose ratio is farthest from 1, and that ratio."""
+        sig = (self.ratios - 1).abs().idxmax()
+        return str(sig), float(self.ratios[sig])
+
+    @property
+    def common_factor(self) -> float:
+        """Median ratio b / a over the common rows: the machine-wide difference between the two profiles."""
+        return float(np.median(self.ratios.to_numpy()))
+
+    @property
+    def within_after_common(self) -> int:
+        r = self.ratios.to_numpy() / self.common_factor
+        return int((np.abs(r - 1) <= self.tolerance + 1e-12).sum())
+
+    def worst(self, n: int) -> list[tuple[str, float]]:
+        order = (self.ratios - 1).abs().sort_values(ascending=False).index[:n]
+        return [(str(s), float(self.ratios[s])) for s in order]
+
+    def summary(self) -> str:
+        sig, ratio = self.largest
+        return (f"{self.statistic}: {self.within}/{self.rows} rows ({self.share:.0%}) agree within "
+                f"+-{self.tolerance:.0%}; largest difference {ratio - 1:+.1%} ({sig}); sum of rows {self.sum_ratio:.3f}x; "
+                f"after dividing out the common factor {self.common_factor:.3f}: {self.within_after_common}/{self.rows} "
+                f"({self.within_after_common / self.rows:.0%})")
+
+
+def _name(table: LatencyTable) -> str:
+    return str(table.path) if table.path is not None else "table"
+
+
+def compare_tables(a: LatencyTable, b: LatencyTable, statistic: str | None = None,
+                   tolerance: float = 0.05) -> Agreement:
+    """Hold ``b``'s rows against ``a``'s at ``statistic`` (default: ``a``'s own statistic).
+
+    Refuses tables of different space / resolution / batch / dtype (their rows are not the same blocks) and
+    tables with no signature in common; other sidecar differences (backend, threads, ...) are listed in
+    ``differences``.
+    """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"agreement tolerance must be in (0, 1), got {tolerance}")
+    statistic = statistic or a.statistic
+    if statistic not in STATISTICS:
+        raise ValueError(f"agreement statistic {statistic!r} must be one of {STATISTICS}")
+    for key in MUST_MATCH:
+        if str(a.meta.get(key)) != str(b.meta.get(key)):
+            raise LatencyTableError(f"tables {_name(a)} and {_name(b)} are not profiles of one table: {key} "
+                                    f"{a.meta.get(key)!r} vs {b.meta.get(key)!r}")
+    common = [s for s in a.df.index if s in b.df.index]
+    if not common:
+        raise LatencyTableError(f"tables {_name(a)} and {_name(b)} have no row in common")
+    va = a.df.loc[common, statistic].astype(float)
+    vb = b.df.loc[common, statistic].astype(float)
+    differences = {k: (a.meta.get(k), b.meta.get(k)) for k in REPORTED if a.meta.get(k) != b.meta.get(k)}
+    return Agreement(statistic=statistic, tolerance=tolerance, ratios=vb / va,
+                     only_a=[s for s in a.df.index if s not in b.df.index],
+                     only_b=[s for s in b.df.index if s not in a.df.index],
+                     differences=differences, sum_ratio=float(vb.sum() / va.sum()))
