@@ -38,6 +38,7 @@ from hwnas.memory import activation_bytes
 from hwnas.search import LOWER_FRACTION, NullProgress, Search, SearchConfig
 from hwnas.spaces import Arch
 from hwnas.spaces.builder import build_child, count_params
+from hwnas.strategies import get_strategy
 from hwnas.train import train_child
 
 log = logging.getLogger("hwnas.compare")
@@ -63,6 +64,10 @@ class CompareConfig:
     data_root: str | None = None
     config: dict = field(default_factory=dict)
     device: str = "cpu"
+    # every method's own architecture learning rate times this: a short search on small data takes few
+    # architecture steps (digits: ~25 an epoch at batch 32, where DARTS on CIFAR-10 takes ~20k in all), and
+    # at the papers' rates the alphas barely leave uniform (softmax 0.122-0.128 after 3 epochs of darts)
+    arch_lr_scale: float = 1.0
 
 
 def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -156,6 +161,12 @@ def random_archs_in_window(search: Search, n: int, seed: int) -> list[list[str]]
     return out
 
 
+def _scaled_arch_lr(method: str, scale: float) -> dict:
+    """``{"arch_lr": default * scale}`` for a method with an architecture learning rate, else ``{}``."""
+    default = get_strategy(method).defaults.get("arch_lr")
+    return {"arch_lr": default * scale} if scale != 1.0 and default is not None else {}
+
+
 def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, table, threads: int) -> dict:
     """Train from scratch, export, measure: the figures every entry shares."""
     trained = train_child(arch, run_dir / "train", data=cfg.data, data_root=cfg.data_root, epochs=cfg.train_epochs,
@@ -179,10 +190,30 @@ def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, tabl
     return row
 
 
+def _check_resume(out: Path, cfg: CompareConfig) -> None:
+    """A compare directory resumes only the settings it was started with (its finished entries were
+    searched and trained with them); keys an older compare.json lacks read as their defaults."""
+    path = out / "compare.json"
+    if not path.exists():
+        return
+    try:
+        had = {**asdict(CompareConfig()), **json.loads(path.read_text())}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the settings to resume ({e})") from None
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as stored
+    diff = [k for k in now if had.get(k) != now[k]]
+    if diff:
+        raise ValueError(f"{out} was started with other settings ({', '.join(f'{k} {had.get(k)!r} -> {now[k]!r}' for k in diff)}); "
+                         f"resume it with the same flags or pass another --out")
+
+
 def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=None) -> list[dict]:
     """Run every method and the random baseline into ``out_dir``; returns the report rows. ``table_for``
     is the search's table callback ``(space, deploy_config) -> LatencyTable``."""
     out = Path(out_dir)
+    if not 0 < cfg.arch_lr_scale < float("inf"):
+        raise ValueError(f"--arch-lr-scale {cfg.arch_lr_scale!r}: must be a positive finite number")
+    _check_resume(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.json", json.dumps(asdict(cfg), indent=2) + "\n")
     tables = {}
@@ -196,7 +227,8 @@ def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=
     for method in cfg.methods:
         scfg = SearchConfig(method=method, space=cfg.space, data=cfg.data, data_root=cfg.data_root, seed=cfg.seed,
                             epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size,
-                            device=cfg.device, latency_target=cfg.latency_target, config=dict(cfg.config))
+                            device=cfg.device, latency_target=cfg.latency_target, config=dict(cfg.config),
+                            options=_scaled_arch_lr(method, cfg.arch_lr_scale))
         search = Search(scfg, out / method, table=table_once, progress=progress or NullProgress)
         if (out / method / "entry.json").exists():  # finished in an earlier, interrupted compare
             rows.append(json.loads((out / method / "entry.json").read_text()))
@@ -263,7 +295,9 @@ def report_markdown(rows: list[dict], cfg: CompareConfig) -> str:
     target = rows[0]["target_ms"] if rows else float("nan")
     lines = [f"# Search methods compared on `{cfg.space}` ({cfg.data}, seed {cfg.seed})", "",
              f"Latency target {cfg.latency_target} = {target:.3f} ms; search {cfg.epochs} epochs "
-             f"({cfg.warmup_epochs} warm-up), batch {cfg.batch_size}; every architecture trained from scratch "
+             f"({cfg.warmup_epochs} warm-up), batch {cfg.batch_size}"
+             + (f", every method's architecture learning rate x{cfg.arch_lr_scale:g}" if cfg.arch_lr_scale != 1 else "")
+             + f"; every architecture trained from scratch "
              f"for {cfg.train_epochs} epochs. Measured latency: the exported ONNX model on ONNX Runtime (CPU); in "
              f"brackets, divided by the machine's drift since the table's validation (its reference networks timed "
              f"in the same rounds, factor after the x), which is what meas/pred compares where present.", "",

@@ -62,9 +62,39 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]
     assert (tmp_path / "cmp" / "report.md").read_text() == report  # the report is written again, whole
 
+    settings = (tmp_path / "cmp" / "compare.json").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(epochs 2 -> 3, arch_lr_scale 1.0 -> 10.0\)"):
+        compare(CompareConfig(methods=cfg.methods, **{**TINY, "epochs": 3}, arch_lr_scale=10.0), tmp_path / "cmp", table)
+    assert (tmp_path / "cmp" / "compare.json").read_text() == settings  # nothing of the finished run touched
+
 
 def test_compare_refuses_a_target_that_does_not_bind(tmp_path):
     cfg = CompareConfig(methods=["spnas"], **{**TINY, "latency_target": "100000ms"})
     with pytest.raises(ValueError, match="does not bind"):
         compare(cfg, tmp_path / "cmp", table)
     assert not (tmp_path / "cmp" / "spnas").exists()
+
+
+def test_arch_lr_scale_reaches_every_method(tmp_path, monkeypatch):
+    import hwnas.compare as cmp_mod
+    from hwnas.strategies import get_strategy
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, scfg, *a, **k):
+            seen[scfg.method] = scfg.options
+            raise KeyboardInterrupt  # stop before any search runs
+
+    monkeypatch.setattr(cmp_mod, "Search", Recorder)
+    for method in ("proxyless", "fbnet", "spnas"):
+        with pytest.raises(KeyboardInterrupt):
+            compare(CompareConfig(methods=[method], **TINY, arch_lr_scale=10.0), tmp_path / method, table)
+        assert seen[method] == {"arch_lr": pytest.approx(10 * get_strategy(method).defaults["arch_lr"])}
+    with pytest.raises(KeyboardInterrupt):  # the papers' rates: no option passed at all
+        compare(CompareConfig(methods=["darts"], **TINY), tmp_path / "darts", table)
+    assert seen["darts"] == {}
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="arch-lr-scale"):
+            compare(CompareConfig(methods=["fbnet"], **TINY, arch_lr_scale=bad), tmp_path / f"bad{bad}", table)
+        assert not (tmp_path / f"bad{bad}").exists()

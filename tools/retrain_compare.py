@@ -1,5 +1,6 @@
 """Retrain the architectures of a ``hwnas compare`` report from scratch, with the current ``hwnas train``
 recipe and several seeds, to separate a method's genotype from one training run's luck.
+``--with-report`` counts the report's own training as its seed (compare trains with the same recipe).
 
     python tools/retrain_compare.py bench/results/cpu-amd-epyc-2t/compare-darts-50 --seeds 0 1 --out DIR
 
@@ -42,6 +43,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--epochs", type=int, default=None, help="default: the report's train_epochs")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--with-report", action="store_true",
+                    help="count the report's own test accuracy as its seed's (compare trains with train_child, the "
+                         "same recipe, at the report's seed): that seed is not trained again")
     args = ap.parse_args()
     src = Path(args.report)
     cfg = json.loads((src / "compare.json").read_text())
@@ -51,6 +55,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     done_path = out / "retrain.csv"
     done = list(csv.DictReader(open(done_path))) if done_path.exists() else []
+    if args.with_report:
+        seed0 = int(cfg.get("seed", 0))
+        if seed0 not in args.seeds:
+            args.seeds = [seed0, *args.seeds]
+        have0 = {(d["entry"], int(d["seed"])) for d in done}
+        done += [{"entry": row["entry"], "seed": seed0, "test_acc": row["test_acc"], "val_acc": "",
+                  "report_test_acc": row["test_acc"], "params": row["params"], "seconds": ""}
+                 for row in rows if (row["entry"], seed0) not in have0]
     have = {(d["entry"], int(d["seed"])) for d in done}
     for seed in args.seeds:
         for row in rows:
