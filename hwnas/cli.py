@@ -563,6 +563,13 @@ def _add_table_opts(p):
                    help="root of the cached latency tables (default %(default)s)")
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hwnas.strategies import STRATEGIES
 
@@ -724,11 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("agreement", help="do two profiles of one table agree, row by row?")
     q.add_argument("--table", required=True)
-    q.add_argument("--other", required=True, help="the second profile of the same table (e.g. made with --tables DIR)")
+    q.add_argument("--other", required=True, help="the second profile of the same table (e.g. made with hwnas profile --out DIR)")
     q.add_argument("--statistic", default=None, choices=["p10", "p50", "mean", "p90"],
                    help="row statistic compared (default: --table's own; issue 3 asks p50)")
     q.add_argument("--tolerance", type=float, default=0.05, help="relative difference allowed (default %(default)s)")
-    q.add_argument("--worst", type=int, default=5, help="list this many rows that differ most (default %(default)s)")
+    q.add_argument("--worst", type=_non_negative_int, default=5,
+                   help="list this many rows that differ most (default %(default)s)")
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("predict", help="predicted latency of an architecture")
     q.add_argument("--table", required=True)

@@ -197,9 +197,12 @@ def _check_resume(out: Path, cfg: CompareConfig) -> None:
     if not path.exists():
         return
     try:
-        had = {**asdict(CompareConfig()), **json.loads(path.read_text())}
-    except (OSError, json.JSONDecodeError) as e:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON object expected, found {type(stored).__name__}")
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read the settings to resume ({e})") from None
+    had = {**asdict(CompareConfig()), **stored}
     now = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as stored
     diff = [k for k in now if had.get(k) != now[k]]
     if diff:

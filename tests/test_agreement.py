@@ -42,9 +42,28 @@ def test_known_answer():
 
 
 def test_default_statistic_is_the_tables_own():
-    a = table(BASE)
-    b = table({k: v * 1.2 for k, v in BASE.items()})
-    assert compare_tables(a, b).statistic == "p10"
+    # the p10 column agrees, the p50 column does not: the default (the sidecar's p10) must read p10
+    a, b = LatencyTable.empty(META), LatencyTable.empty(META)
+    for sig, v in BASE.items():
+        a.add(sig, row(v, p10=0.8 * v))
+        b.add(sig, row(1.3 * v, p10=0.8 * v))
+    res = compare_tables(a, b)
+    assert res.statistic == "p10" and res.share == 1.0
+    assert compare_tables(a, b, statistic="p50").share == 0.0
+
+
+def test_within_is_symmetric():
+    # 0.951 is 4.9% below 1 but 1 is 5.15% above 0.951: either order must give the same answer
+    a, b = table({"a": 1.0, "b": 1.0}), table({"a": 0.951, "b": 1.0 / 1.049})
+    assert compare_tables(a, b, statistic="p50").within == compare_tables(b, a, statistic="p50").within == 1
+    # x2 and /2 are equally far from 1
+    res = compare_tables(table({"a": 1.0, "b": 1.0}), table({"a": 2.0, "b": 0.49}), statistic="p50")
+    assert res.largest[0] == "b"
+
+
+def test_ties_name_the_same_row_first():
+    res = compare_tables(table(BASE), table({k: v * 1.1 for k, v in BASE.items()}), statistic="p50")
+    assert res.largest[0] == res.worst(1)[0][0] == "a"  # every row +10%: the first in table order
 
 
 def test_uniform_drift_is_separated_from_row_noise():
@@ -77,11 +96,16 @@ def test_refusals():
         compare_tables(table(BASE), table(BASE), tolerance=0)
     with pytest.raises(ValueError, match="statistic"):
         compare_tables(table(BASE), table(BASE), statistic="p99")
+    zero = table({**BASE, "c": 0.0})
+    with pytest.raises(LatencyTableError, match="row 'c' has p50 0.0; agreement needs positive rows"):
+        compare_tables(table(BASE), zero, statistic="p50")
 
 
 def test_other_differences_are_reported():
-    res = compare_tables(table(BASE), table(BASE, threads=2, backend="torch"))
-    assert res.differences == {"backend": ("onnxruntime", "torch"), "threads": (1, 2)}
+    other = table(BASE, threads=2, backend="torch", device={"slug": "cpu-other-2t", "name": "other"})
+    res = compare_tables(table(BASE), other)
+    assert res.differences == {"device": ("cpu-test-1t", "cpu-other-2t"), "backend": ("onnxruntime", "torch"),
+                               "threads": (1, 2)}
     assert res.share == 1.0 and math.isclose(res.sum_ratio, 1.0)
 
 
@@ -100,3 +124,6 @@ def test_cli(tmp_path, capsys):
     code = main(["latency", "agreement", "--table", str(a), "--other", str(b)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "space 'proxyless' vs 'fbnet'" in err
+    with pytest.raises(SystemExit):  # argparse refuses a negative --worst
+        main(["latency", "agreement", "--table", str(a), "--other", str(a), "--worst", "-1"])
+    assert "must be >= 0" in capsys.readouterr().err

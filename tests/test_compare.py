@@ -1,6 +1,8 @@
 """The methods-side-by-side report: every entry searched, trained, exported and measured, a random
 baseline in the same window, a report a person can read, and resume after an interruption."""
 import csv
+import dataclasses
+import json
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from hwnas.compare import CompareConfig, compare, count_macs, random_archs_in_window
 from hwnas.search import Search, SearchConfig
 from hwnas.spaces import get_space
+from hwnas.strategies import STRATEGIES
 from helpers import synthetic_table
 
 TINY = dict(space="spnas", latency_target="50%", epochs=2, warmup_epochs=1, batch_size=128, train_epochs=1,
@@ -87,13 +90,26 @@ def test_arch_lr_scale_reaches_every_method(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # stop before any search runs
 
     monkeypatch.setattr(cmp_mod, "Search", Recorder)
-    for method in ("proxyless", "fbnet", "spnas"):
+    for method in STRATEGIES:
         with pytest.raises(KeyboardInterrupt):
             compare(CompareConfig(methods=[method], **TINY, arch_lr_scale=10.0), tmp_path / method, table)
-        assert seen[method] == {"arch_lr": pytest.approx(10 * get_strategy(method).defaults["arch_lr"])}
+        default = get_strategy(method).defaults.get("arch_lr")
+        assert seen[method] == ({"arch_lr": pytest.approx(10 * default)} if default is not None else {})
+    assert {"darts", "pcdarts", "gdas", "pdarts", "proxyless", "fbnet", "spnas"} <= set(seen)
     with pytest.raises(KeyboardInterrupt):  # the papers' rates: no option passed at all
-        compare(CompareConfig(methods=["darts"], **TINY), tmp_path / "darts", table)
+        compare(CompareConfig(methods=["darts"], **TINY), tmp_path / "darts1", table)
     assert seen["darts"] == {}
+    # a compare.json written before arch_lr_scale existed resumes at the default
+    old = tmp_path / "old"
+    old.mkdir()
+    cfg = CompareConfig(methods=["fbnet"], **TINY)
+    stored = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "arch_lr_scale"}
+    (old / "compare.json").write_text(json.dumps(stored))
+    with pytest.raises(KeyboardInterrupt):
+        compare(cfg, old, table)
+    (old / "compare.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="compare.json: cannot read the settings"):
+        compare(cfg, old, table)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="arch-lr-scale"):
             compare(CompareConfig(methods=["fbnet"], **TINY, arch_lr_scale=bad), tmp_path / f"bad{bad}", table)

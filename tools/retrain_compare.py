@@ -37,6 +37,29 @@ def arch_of(row: dict, cfg: dict) -> Arch:
     return Arch(cfg["space"], config, text.split())
 
 
+def _report_training(src: Path, row: dict, cfg: dict, epochs: int, seed: int) -> dict:
+    """The report's own training of ``row`` (its ``train/train.json``), refused unless it is what this tool
+    would run: same epochs, seed, batch size and recipe (``train_settings``) -- a report trained before a
+    recipe change (e.g. compare-darts-50) must be retrained instead."""
+    path = src / row["entry"] / "train" / "train.json"
+    if not path.exists():
+        raise SystemExit(f"retrain_compare: --with-report needs {path} (the report's own training record)")
+    t = json.loads(path.read_text())
+    want = {"epochs": epochs, "seed": seed, "batch_size": 64, **train_settings(arch_of(row, cfg))}
+    diff = {k: (t.get(k), v) for k, v in want.items() if t.get(k) != v}
+    if diff:
+        raise SystemExit(f"retrain_compare: {path} was trained otherwise ({diff}: had, would run); "
+                         f"retrain without --with-report")
+    return t
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", help="a compare report directory (report.csv, compare.json)")
@@ -60,9 +83,13 @@ def main() -> None:
         if seed0 not in args.seeds:
             args.seeds = [seed0, *args.seeds]
         have0 = {(d["entry"], int(d["seed"])) for d in done}
-        done += [{"entry": row["entry"], "seed": seed0, "test_acc": row["test_acc"], "val_acc": "",
-                  "report_test_acc": row["test_acc"], "params": row["params"], "seconds": ""}
-                 for row in rows if (row["entry"], seed0) not in have0]
+        for row in rows:
+            if (row["entry"], seed0) not in have0:
+                t = _report_training(src, row, cfg, epochs, seed0)
+                done.append({"entry": row["entry"], "seed": seed0, "test_acc": t["test_acc"], "val_acc": t["val_acc"],
+                             "report_test_acc": row["test_acc"], "params": t["params"],
+                             "seconds": round(t["seconds"], 1)})
+        _write_csv(done_path, done)
     have = {(d["entry"], int(d["seed"])) for d in done}
     for seed in args.seeds:
         for row in rows:
@@ -73,10 +100,7 @@ def main() -> None:
                             data_root=cfg.get("data_root"), epochs=epochs, seed=seed, device="cpu")
             done.append({"entry": row["entry"], "seed": seed, "test_acc": r["test_acc"], "val_acc": r["val_acc"],
                          "report_test_acc": row["test_acc"], "params": r["params"], "seconds": round(r["seconds"], 1)})
-            with open(done_path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(done[0]))
-                w.writeheader()
-                w.writerows(done)
+            _write_csv(done_path, done)
             print(f"{row['entry']} seed {seed}: test acc {r['test_acc']:.4f} ({r['seconds']:.0f} s)", flush=True)
     recipe = train_settings(arch_of(rows[0], cfg))
     lines = [f"# Retrained: {src}", "",
