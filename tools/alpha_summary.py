@@ -1,0 +1,40 @@
+"""Summarize how far a cell-space search moved its alphas: per method run directory (arch_history.jsonl, last
+epoch) the mean largest op probability per edge, the entropy over the ops left, p(skip_connect) on the normal
+cell's edges, and the skip share of the paper's top-2 derivation without a latency constraint.
+
+    python tools/alpha_summary.py RUN_ROOT darts pcdarts gdas pdarts
+"""
+import json, sys, numpy as np
+root = sys.argv[1]
+OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+print("| method | epoch | mean largest p (uniform 0.125) | mean entropy / log(ops left) | normal edges: mean p(skip) / p(sep_conv_3x3) | normal edges whose top op is skip | unconstrained top-2 skip share |")
+print("|---|---|---|---|---|---|---|")
+for m in sys.argv[2:]:
+    lines = [json.loads(l) for l in open(f"{root}/{m}/arch_history.jsonl")]
+    last = lines[-1]
+    W = [np.array(p, float) for p in last["probs"]]  # pcdarts: softmax(alpha) x its edge weight (beta)
+    P = [w / w.sum() for w in W]
+    normal = P[:14]
+    full = [p for p in P if len(p) == 8]
+    ent = np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() / np.log((p > 0).sum()) for p in P])
+    top = np.mean([p.max() for p in P])
+    if len(normal[0]) == 8:
+        skip = np.mean([p[3] for p in normal]); sep = np.mean([p[4] for p in normal])
+        topskip = sum(int(np.argmax(p) == 3) for p in normal)
+    else:
+        skip = sep = float("nan"); topskip = "-"
+    # paper derivation: per node, top-2 incoming edges by their best non-none op weight
+    edges, k = [], 0
+    for node in range(4):
+        cand = []
+        for j in range(node + 2):
+            p = W[k]; k += 1
+            if len(p) != 8:
+                cand = None; break
+            best = int(np.argmax(p[1:])) + 1
+            cand.append((p[best], OPS[best]))
+        if cand is None:
+            break
+        edges += [op for _, op in sorted(cand, reverse=True)[:2]]
+    share = f"{sum(e == 'skip_connect' for e in edges) / len(edges):.0%}" if len(edges) == 8 else "-"
+    print(f"| {m} | {last['epoch']} | {top:.3f} | {ent:.3f} | {skip:.3f} / {sep:.3f} | {topskip} of 14 | {share} |")
