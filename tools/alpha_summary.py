@@ -6,7 +6,7 @@ cell's edges, and the skip share of the paper's top-2 derivation without a laten
 """
 import json, sys, numpy as np
 root = sys.argv[1]
-OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+from hwnas.spaces.cell_ops import OPS
 print("| method | epoch | mean largest p (uniform 0.125) | mean entropy / log(ops left) | normal edges: mean p(skip) / p(sep_conv_3x3) | normal edges whose top op is skip | unconstrained top-2 skip share |")
 print("|---|---|---|---|---|---|---|")
 for m in sys.argv[2:]:
@@ -19,8 +19,8 @@ for m in sys.argv[2:]:
     ent = np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() / np.log((p > 0).sum()) for p in P])
     top = np.mean([p.max() for p in P])
     if len(normal[0]) == 8:
-        skip = np.mean([p[3] for p in normal]); sep = np.mean([p[4] for p in normal])
-        topskip = sum(int(np.argmax(p) == 3) for p in normal)
+        skip = np.mean([p[OPS.index('skip_connect')] for p in normal]); sep = np.mean([p[OPS.index('sep_conv_3x3')] for p in normal])
+        topskip = sum(int(np.argmax(p) == OPS.index('skip_connect')) for p in normal)
     else:
         skip = sep = float("nan"); topskip = "-"
     # paper derivation: per node, top-2 incoming edges by their best non-none op weight

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hwnas.latency.reference import machine_factor
 from hwnas.latency.table import LatencyTable, LatencyTableError
 
 # sidecar keys that must match for rows to be the same measurement; the others are reported, not refused
@@ -59,8 +60,9 @@ class Agreement:
 
     @property
     def common_factor(self) -> float:
-        """Median ratio b / a over the common rows: the machine-wide difference between the two profiles."""
-        return float(np.median(self.ratios.to_numpy()))
+        """Median ratio b / a over the common rows: the machine-wide difference between the two profiles
+        (``reference.machine_factor``, the same median the drift compensation takes)."""
+        return machine_factor(self.ratios.to_numpy(), np.ones(self.rows))
 
     @property
     def within_after_common(self) -> int:
