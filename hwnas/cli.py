@@ -490,6 +490,13 @@ def _latency_validate(args, table) -> int:
     config = space.resolve_config({**(table.meta.get("config") or {}), "resolution": table.meta["resolution"]})
     out = Path(args.out or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-validate-{space.name}")
     state = {}
+    was = table.statistic
+    if args.statistic and args.statistic != was:
+        # rows and networks are read at the new statistic; the old calibration was fitted at the other one
+        table.meta["statistic"] = args.statistic
+        table.meta.pop("calibration", None)
+        print(f"reading {table.path.name} at {args.statistic} instead of {was}"
+              + ("" if args.no_store else " (stored in its sidecar with the new calibration)"))
 
     def progress(i, n):
         if "bar" not in state:
@@ -728,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--refit", default=None, metavar="RUN_DIR",
                    help="measure nothing: fit the calibration again on an earlier validate run's samples.csv "
                         "(its report is rewritten in place)")
+    q.add_argument("--statistic", default=None, choices=["p10", "p50", "mean", "p90"],
+                   help="read the table's rows and the measured networks at this statistic instead of the sidecar's "
+                        "(with --refit: on the run's stored measurements); stored with the calibration")
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("agreement", help="do two profiles of one table agree, row by row?")
     q.add_argument("--table", required=True)

@@ -244,3 +244,74 @@ def test_refit_refuses_what_is_not_a_validate_run(tmp_path):
     (tmp_path / "samples.csv").write_text("index,predicted_sum_ms,measured_ms,arch\n0,1.0,1.0,k3e3 k3e3\n")
     with pytest.raises(ValueError, match="row 0: 2 layers"):
         refit(table, space, cfg, tmp_path)
+
+
+def test_validate_statistic_switch_refits_on_the_runs_own_column(tmp_path, monkeypatch, capsys):
+    """`hwnas latency validate --refit RUN --statistic p50`: the run measured every network at p10, p50
+    and p90; the switch reads the table's rows and those networks at p50 and stores the new statistic
+    with the refitted calibration (known answers: measured p50 = 3 x the p10 law, rows' p50 = 2 x p10);
+    a run that kept only its own statistic is refused in one line, the table left as it was."""
+    import hwnas.latency.validate as v
+    from hwnas.cli import main
+    from hwnas.latency.table import LatencyTable
+    from tests.test_cli import assert_one_line_error
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    synth = synthetic_table(space, cfg)
+    table = LatencyTable.empty({"space": "proxyless", "config": {"width_mult": 0.25}, "resolution": 32, "batch": 1,
+                                "dtype": "fp32", "backend": "torch", "threads": 1, "statistic": "p10",
+                                "device": {"slug": "cpu-test-1t", "name": "test"}})
+    for sig, ms in synth.rows.items():
+        table.add(sig, {"count": 10, "mean": 2 * ms, "std": 0.0, "p10": ms, "p50": 2 * ms, "p90": 3 * ms})
+    path = table.save(tmp_path / "t.csv")
+    plain = LatencyModel(synth, space, cfg)
+    law = lambda tokens: 0.4 + 0.9 * plain.of_tokens(tokens)  # noqa: E731  (at p10)
+
+    class FakeRunner:
+        def __init__(self, net, *a, **k):
+            self.tokens = net.hwnas_tokens
+
+    real_build = v.build_child
+
+    def build(arch):
+        net = real_build(arch)
+        net.hwnas_tokens = list(arch.layers)
+        return net
+
+    def fake_measure(runners, **kwargs):
+        return [{"count": 1, "mean": 3 * law(r.tokens), "std": 0.0, "p10": law(r.tokens), "p50": 3 * law(r.tokens),
+                 "p90": 4 * law(r.tokens)} for r in runners]
+
+    monkeypatch.setattr(v, "Runner", FakeRunner)
+    monkeypatch.setattr(v, "build_child", build)
+    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    run = tmp_path / "v"
+    rep = validate(LatencyTable.load(path), space, cfg, run, samples=20, repeats=0, min_round_s=0.0)
+    assert rep.calibration["statistic"] == "p10" and rep.calibration["b"] == pytest.approx(0.9, rel=1e-6)
+
+    code = main(["latency", "validate", "--table", str(path), "--refit", str(run), "--statistic", "p50"])
+    assert code == 0 and "instead of p10" in capsys.readouterr().out
+    switched = LatencyTable.load(path)
+    cal = switched.meta["calibration"]
+    assert switched.statistic == "p50" and cal["statistic"] == "p50"
+    rows = list(csv.DictReader((run / "samples.csv").open()))
+    assert all(float(r["measured_ms"]) == pytest.approx(float(r["measured_p50_ms"])) for r in rows)
+    # measured = 3 * (0.4 + 0.9 * sum10) = 1.2 + 1.35 * sum50: predicted exactly from the p50 rows
+    model = LatencyModel(switched, space, cfg)
+    assert all(model.of_tokens(r["arch"].split(" ")) == pytest.approx(float(r["measured_p50_ms"]), rel=1e-4) for r in rows)
+    assert model.of_tokens(rows[0]["arch"].split(" ")) == pytest.approx(
+        1.2 + 1.35 * LatencyModel(switched, space, cfg, calibrated=False).of_tokens(rows[0]["arch"].split(" ")), rel=1e-4)
+
+    lean = tmp_path / "lean"  # a run that kept only measured_ms (read at p10)
+    lean.mkdir()
+    (lean / "report.json").write_text(json.dumps({"calibration": {"statistic": "p10"}}))
+    with open(lean / "samples.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["index", "predicted_sum_ms", "measured_ms", "arch", "split"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in w.fieldnames})
+    before = path.with_suffix(".json").read_text()
+    code = main(["latency", "validate", "--table", str(path), "--refit", str(lean), "--statistic", "p90"])
+    assert_one_line_error(code, capsys.readouterr().err, "no measured_p90_ms column", "read at p10")
+    assert path.with_suffix(".json").read_text() == before

@@ -10,7 +10,7 @@ from torch.func import functional_call
 from hwnas.latency.constraint import most_probable_cell_within
 from hwnas.latency.penalty import LatencyModel
 from hwnas.spaces import Arch, get_space
-from hwnas.spaces.cell import EDGES
+from hwnas.spaces.cell import EDGES, derive_genotype
 from hwnas.spaces.cell_ops import OPS
 from hwnas.spaces.cell_presets import CELL_PRESETS
 from hwnas.strategies import get_strategy
@@ -104,6 +104,24 @@ def test_cell_derivation_keeps_the_two_strongest_edges_without_none():
     tokens = s.supernet.derive(lp)
     assert tokens[2:5] == ["sep_conv_3x3", "none", "dil_conv_3x3"]
     Arch("darts", {}, tokens)  # every node keeps exactly two
+
+
+def test_derive_genotype_is_the_supernets_rule_and_skips_pruned_ops():
+    """The static rule (what tools/alpha_summary.py reads logged weights with) is the supernet's, an op
+    pruned away (-inf, P-DARTS) is never chosen, and a vector of the wrong length is refused."""
+    rng = np.random.default_rng(3)
+    lp = [np.log(rng.dirichlet(np.ones(8))) for _ in range(28)]
+    assert derive_genotype(lp) == build("darts").supernet.derive(lp)
+    lp[0] = np.array([0.0] + [-np.inf] * 7)  # only 'none' left on edge 0 -> 2: it can never be kept
+    lp[0][OPS.index("skip_connect")] = -50.0
+    lp[1] = np.full(8, -np.inf)
+    lp[1][OPS.index("max_pool_3x3")] = -60.0
+    tokens = derive_genotype(lp)
+    assert tokens[:2] == ["skip_connect", "max_pool_3x3"]  # node 2 has only these two edges: both kept
+    with pytest.raises(ValueError, match="one op vector per edge"):
+        derive_genotype(lp[:27])
+    with pytest.raises(ValueError, match="edge 5 has 7 op weights"):
+        derive_genotype(lp[:5] + [lp[5][:7]] + lp[6:])
 
 
 # ------------------------------------------------------------------------------------------------- GDAS

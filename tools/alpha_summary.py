@@ -6,6 +6,7 @@ cell's edges, and the skip share of the paper's top-2 derivation without a laten
 """
 import json, sys, numpy as np
 root = sys.argv[1]
+from hwnas.spaces.cell import derive_genotype
 from hwnas.spaces.cell_ops import OPS
 print("| method | epoch | mean largest p (uniform 0.125) | mean entropy / log(ops left) | normal edges: mean p(skip) / p(sep_conv_3x3) | normal edges whose top op is skip | unconstrained top-2 skip share |")
 print("|---|---|---|---|---|---|---|")
@@ -23,18 +24,11 @@ for m in sys.argv[2:]:
         topskip = sum(int(np.argmax(p) == OPS.index('skip_connect')) for p in normal)
     else:
         skip = sep = float("nan"); topskip = "-"
-    # paper derivation: per node, top-2 incoming edges by their best non-none op weight
-    edges, k = [], 0
-    for node in range(4):
-        cand = []
-        for j in range(node + 2):
-            p = W[k]; k += 1
-            if len(p) != 8:
-                cand = None; break
-            best = int(np.argmax(p[1:])) + 1
-            cand.append((p[best], OPS[best]))
-        if cand is None:
-            break
-        edges += [op for _, op in sorted(cand, reverse=True)[:2]]
-    share = f"{sum(e == 'skip_connect' for e in edges) / len(edges):.0%}" if len(edges) == 8 else "-"
+    # the paper's derivation (hwnas.spaces.cell.derive_genotype) on the logged weights: for pcdarts they are
+    # softmax(alpha) x edge weight, so their log is the log-probability plus the edge's log weight
+    normal_edges = []
+    if len(W) == 28 and all(len(w) == 8 for w in W):
+        with np.errstate(divide="ignore"):
+            normal_edges = [t for t in derive_genotype([np.log(w) for w in W])[:14] if t != "none"]
+    share = f"{sum(e == 'skip_connect' for e in normal_edges) / len(normal_edges):.0%}" if len(normal_edges) == 8 else "-"
     print(f"| {m} | {last['epoch']} | {top:.3f} | {ent:.3f} | {skip:.3f} / {sep:.3f} | {topskip} of 14 | {share} |")

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Profile and validate the shipped CPU tables of this machine, one job at a time (jobs that run side
-# by side on a small machine corrupt each other's timings). Usage: tools/ship_tables.sh [space ...]
-# Each table gets its validate report beside it: <table stem>.validate/{report.json,samples.csv,scatter.png}
+# by side on a small machine corrupt each other's timings). Usage: [THREADS=N] [BACKENDS="torch"] tools/ship_tables.sh [space ...]
+# THREADS: intra-op threads (default: every core; the device slug then ends in -<N>t). Each table gets its
+# validate report beside it: <table stem>.validate/{report.json,samples.csv,scatter.png}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HWNAS=${HWNAS:-.venv/bin/hwnas}
 spaces=${*:-proxyless fbnet spnas}
-for backend in onnxruntime torch; do
+threads=()
+[ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
+for backend in ${BACKENDS:-onnxruntime torch}; do
   for space in $spaces; do
     context=alone
     [ "$backend" = torch ] && context=network  # torch eager rows timed in place (hwnas/latency/in_network.py)
-    out=$($HWNAS profile --device cpu --backend "$backend" --space "$space" --context $context --out latency_tables/ | tail -1)
+    out=$($HWNAS profile --device cpu --backend "$backend" --space "$space" --context $context "${threads[@]}" --out latency_tables/ | tail -1)
     table=$(echo "$out" | sed -E 's/^latency table: ([^ ]+) .*/\1/')
     echo "== $backend $space: $table"
     $HWNAS latency validate --table "$table" --samples 100 --out "${table%.csv}.validate" | tail -4

@@ -367,9 +367,10 @@ def refit(table, space, config, run_dir: str | os.PathLike) -> ValidationReport:
     """Fit the calibration again on the measurements of an earlier ``validate`` run (its ``samples.csv``),
     without measuring anything: for a table whose calibration forms have changed since, or a run whose fit
     failed. The run's own split is kept (its ``split`` column), the plain sums are recomputed from the
-    table as it is now, the measured column is the table's statistic (``measured_<stat>_ms``), the report,
-    samples and scatter plot are rewritten in place, and the run's timing facts (seconds, rounds,
-    repeatability) are kept."""
+    table as it is now, the measured column is the table's statistic (``measured_<stat>_ms``; a table whose
+    statistic was changed since, ``hwnas latency validate --statistic``, is refitted on that column), the
+    report, samples and scatter plot are rewritten in place, and the run's timing facts (seconds, rounds,
+    repeatability: the noise floor as read at the run's own statistic) are kept."""
     out = Path(run_dir)
     path = out / "samples.csv"
     if not path.exists():
@@ -380,7 +381,14 @@ def refit(table, space, config, run_dir: str | os.PathLike) -> ValidationReport:
     if not rows or need - set(rows[0]):
         raise ValueError(f"{path} is not a validate samples file (needs columns {', '.join(sorted(need))})")
     stat = getattr(table, "statistic", "p50")
-    column = f"measured_{stat}_ms" if f"measured_{stat}_ms" in rows[0] else "measured_ms"
+    old = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    run_stat = old.get("calibration", {}).get("statistic")
+    column = f"measured_{stat}_ms"
+    if column not in rows[0]:
+        if run_stat not in (None, stat):
+            raise ValueError(f"{path} has no {column} column and its measured_ms was read at {run_stat}: "
+                             f"to read the table at {stat}, validate again instead of --refit")
+        column = "measured_ms"
     model = LatencyModel(table, space, config, calibrated=False)
     for r in rows:
         try:
@@ -407,7 +415,6 @@ def refit(table, space, config, run_dir: str | os.PathLike) -> ValidationReport:
     n_fit = len(fit_at)
     if len(rows) - n_fit < 2 or n_fit < 3:
         raise ValueError(f"{path}: {n_fit} fit and {len(rows) - n_fit} held-out rows; need at least 3 and 2")
-    old = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     report = _fit_and_report(table, space, config, model, rows, fit_at,
                              seed=int(old.get("calibration", {}).get("samples_seed", 0)), stat=stat)
     for key in ("seconds", "sampling", "rounds", "iterations", "repeatability"):

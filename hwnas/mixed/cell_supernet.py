@@ -11,16 +11,15 @@ by ``edge_weights`` (one tensor of 14 per cell type, set by the strategy; None: 
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from hwnas.kernels import mixed_op_sum
 from hwnas.mixed.base import MixedOp
 from hwnas.mixed.factory import CandidateFactory
-from hwnas.spaces.cell import (EDGES, KEEP, STEPS, CellPosition, CellSpace, GlobalPoolClassifier, Stem,
-                               network_positions)
-from hwnas.spaces.cell_ops import NONE, OPS, FactorizedReduce, ReLUConvBN, make_op
+from hwnas.spaces.cell import (EDGES, STEPS, CellPosition, CellSpace, GlobalPoolClassifier, Stem,
+                               derive_genotype, network_positions)
+from hwnas.spaces.cell_ops import OPS, FactorizedReduce, ReLUConvBN, make_op
 
 
 class SkipDropout(nn.Dropout):
@@ -113,22 +112,11 @@ class CellSupernet(nn.Module):
         return self.classifier(s1)
 
     def derive(self, log_probs, edge_log_weights=None) -> list[str]:
-        """The paper's derivation (Sec. 2.4): per node keep the ``KEEP`` incoming edges whose strongest
-        op other than ``none`` is strongest, each with that op. ``edge_log_weights`` (PC-DARTS: log of
-        the normalized edge weights, one per decision) are added to an edge's strength."""
-        none = OPS.index(NONE)
-        layers = [NONE] * len(self._decisions)
-        for group in self.space.node_groups():
-            best = []
-            for i in group:
-                lp = np.asarray(log_probs[i], dtype=np.float64).copy()
-                lp[none] = -np.inf
-                j = int(lp.argmax())
-                strength = lp[j] + (0.0 if edge_log_weights is None else float(edge_log_weights[i]))
-                best.append((strength, i, j))
-            for _, i, j in sorted(best, key=lambda t: -t[0])[:KEEP]:
-                layers[i] = OPS[j]
-        return layers
+        """The paper's derivation (Sec. 2.4), ``hwnas.spaces.cell.derive_genotype``: per node keep the
+        ``KEEP`` incoming edges whose strongest op other than ``none`` is strongest, each with that op.
+        ``edge_log_weights`` (PC-DARTS: log of the normalized edge weights, one per decision) are added
+        to an edge's strength."""
+        return derive_genotype(log_probs, edge_log_weights)
 
     def child_state_dict(self, tokens) -> None:
         """None: the evaluation network (``C``, ``layers``) is another network than the search network

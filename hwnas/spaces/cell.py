@@ -352,6 +352,35 @@ class CellSpace:
         return DartsNetwork(layers, self.resolve_config(config), resolution)
 
 
+def derive_genotype(log_probs, edge_log_weights=None) -> list[str]:
+    """The paper's derivation (DARTS, Sec. 2.4): per intermediate node keep the ``KEEP`` incoming edges
+    whose strongest op other than ``none`` is strongest, each with that op; every other edge is ``none``.
+    ``log_probs`` holds one vector over ``OPS`` per decision (28: the normal cell's edges, then the
+    reduction cell's; ``-inf`` for an op pruned away); ``edge_log_weights`` (PC-DARTS, Sec. 3.3: log of
+    the normalized edge weights, one per decision) are added to an edge's strength. One token per
+    decision; ties go to the earlier edge and the earlier op."""
+    import numpy as np
+
+    n = len(CellSpace.decisions())
+    if len(log_probs) != n:
+        raise ValueError(f"derive_genotype needs one op vector per edge ({n}), got {len(log_probs)}")
+    none = OPS.index(NONE)
+    layers = [NONE] * n
+    for group in CellSpace.node_groups():
+        best = []
+        for i in group:
+            lp = np.asarray(log_probs[i], dtype=np.float64).copy()
+            if lp.shape != (len(OPS),):
+                raise ValueError(f"derive_genotype: edge {i} has {lp.size} op weights, expected {len(OPS)} (one per op)")
+            lp[none] = -np.inf
+            j = int(lp.argmax())
+            strength = lp[j] + (0.0 if edge_log_weights is None else float(edge_log_weights[i]))
+            best.append((strength, i, j))
+        for _, i, j in sorted(best, key=lambda t: -t[0])[:KEEP]:
+            layers[i] = OPS[j]
+    return layers
+
+
 class EvalCell(nn.Module):
     """A cell of the evaluation network: only the kept edges, each its op (BatchNorms affine)."""
 
