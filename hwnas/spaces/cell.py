@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -359,8 +360,6 @@ def derive_genotype(log_probs, edge_log_weights=None) -> list[str]:
     reduction cell's; ``-inf`` for an op pruned away); ``edge_log_weights`` (PC-DARTS, Sec. 3.3: log of
     the normalized edge weights, one per decision) are added to an edge's strength. One token per
     decision; ties go to the earlier edge and the earlier op."""
-    import numpy as np
-
     n = len(CellSpace.decisions())
     if len(log_probs) != n:
         raise ValueError(f"derive_genotype needs one op vector per edge ({n}), got {len(log_probs)}")
