@@ -483,7 +483,7 @@ def _latency_agreement(args, table) -> int:
 
 def _latency_validate(args, table) -> int:
     from hwnas.latency.calibration import describe as describe_calibration
-    from hwnas.latency.validate import refit, validate
+    from hwnas.latency.validate import STATISTIC_CANDIDATES, refit, validate
     from hwnas.spaces import get_space
 
     space = get_space(table.meta.get("space"))
@@ -491,7 +491,8 @@ def _latency_validate(args, table) -> int:
     out = Path(args.out or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-validate-{space.name}")
     state = {}
     was = table.statistic
-    if args.statistic and args.statistic != was:
+    choose = STATISTIC_CANDIDATES if args.statistic == "auto" else None
+    if args.statistic and not choose and args.statistic != was:
         # rows and networks are read at the new statistic; the old calibration was fitted at the other one
         table.meta["statistic"] = args.statistic
         table.meta.pop("calibration", None)
@@ -506,13 +507,19 @@ def _latency_validate(args, table) -> int:
             state["bar"].close()
 
     if args.refit:
-        rep = refit(table, space, config, args.refit)
+        rep = refit(table, space, config, args.refit, choose_statistic=choose)
         out = Path(args.refit)
         print(f"refitted on the measurements in {out}/samples.csv (nothing measured again)")
     else:
         rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
                        rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, chunk=args.chunk,
-                       repeats=args.repeats, progress=progress)
+                       repeats=args.repeats, choose_statistic=choose, progress=progress)
+    if rep.statistic_choice:
+        ch = rep.statistic_choice
+        loo = ", ".join(f"{q} {v:.1%}" for q, v in ch["candidates"].items())
+        print(f"statistic: {ch['chosen']} (leave-one-out error of the best calibration on the fit networks: {loo}"
+              + (f"; the table was read at {was})" if ch["chosen"] != was else ")")
+              + ("" if args.no_store or ch["chosen"] == was else "; stored in its sidecar"))
     figures = [("plain sum", rep.before), ("calibrated", rep.after)]
     if (rep.calibration["form"] != "affine" or rep.calibration.get("per_block")) and rep.after_affine:
         figures.append(("affine", rep.after_affine))
@@ -534,7 +541,8 @@ def _latency_validate(args, table) -> int:
               f"{r['within_5pct']:.0%}, within +-10% in {r['within_10pct']:.0%} (median difference "
               f"{r['median_abs_diff']:.1%}, largest {r['max_abs_diff']:.1%}): with that noise a perfect predictor "
               f"would land within +-10% of one measurement about {r['perfect_within_10pct']:.0%} of the time "
-              f"(+-5%: {r['perfect_within_5pct']:.0%})")
+              f"(+-5%: {r['perfect_within_5pct']:.0%})"
+              + (f", and its Kendall tau would be about {r['perfect_kendall_tau']:.3f}" if "perfect_kendall_tau" in r else ""))
     if not args.no_store:
         table.meta["calibration"] = c
         table.save(table.path)
@@ -735,9 +743,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--refit", default=None, metavar="RUN_DIR",
                    help="measure nothing: fit the calibration again on an earlier validate run's samples.csv "
                         "(its report is rewritten in place)")
-    q.add_argument("--statistic", default=None, choices=["p10", "p50", "mean", "p90"],
+    q.add_argument("--statistic", default=None, choices=["p10", "p50", "mean", "p90", "auto"],
                    help="read the table's rows and the measured networks at this statistic instead of the sidecar's "
-                        "(with --refit: on the run's stored measurements); stored with the calibration")
+                        "(with --refit: on the run's stored measurements); stored with the calibration. auto: "
+                        "whichever of p10 and p50 the fit networks predict best (leave-one-out), the held-out ones "
+                        "left out of the choice")
     q.set_defaults(func=cmd_latency)
     q = lsub.add_parser("agreement", help="do two profiles of one table agree, row by row?")
     q.add_argument("--table", required=True)

@@ -315,3 +315,130 @@ def test_validate_statistic_switch_refits_on_the_runs_own_column(tmp_path, monke
     code = main(["latency", "validate", "--table", str(path), "--refit", str(lean), "--statistic", "p90"])
     assert_one_line_error(code, capsys.readouterr().err, "no measured_p90_ms column", "read at p10")
     assert path.with_suffix(".json").read_text() == before
+
+
+def _two_statistic_table(tmp_path, space, cfg):
+    """A proxyless table whose rows read ``ms`` at p10 and ``2 ms`` at p50 (``synthetic_table``'s rows)."""
+    from hwnas.latency.table import LatencyTable
+
+    synth = synthetic_table(space, cfg)
+    table = LatencyTable.empty({"space": "proxyless", "config": {"width_mult": 0.25}, "resolution": 32, "batch": 1,
+                                "dtype": "fp32", "backend": "torch", "threads": 1, "statistic": "p10",
+                                "device": {"slug": "cpu-test-1t", "name": "test"}})
+    for sig, ms in synth.rows.items():
+        table.add(sig, {"count": 10, "mean": 2 * ms, "std": 0.0, "p10": ms, "p50": 2 * ms, "p90": 3 * ms})
+    return table.save(tmp_path / "t.csv"), LatencyModel(synth, space, cfg)
+
+
+def test_validate_statistic_auto_reads_the_table_at_the_quantile_the_fit_networks_predict_best(tmp_path, monkeypatch, capsys):
+    """`hwnas latency validate --statistic auto`: the networks' p50 follows the table's p50 rows exactly
+    (1.2 + 1.35 x sum), their p10 carries +-8% of noise: p50 is chosen, stored in the sidecar with its
+    calibration, the samples and the noise floor read at p50, and the report keeps each candidate's
+    leave-one-out error (p10's near the noise, p50's near zero)."""
+    import zlib
+
+    import hwnas.latency.validate as v
+    from hwnas.cli import main
+    from hwnas.latency.table import LatencyTable
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    path, plain = _two_statistic_table(tmp_path, space, cfg)
+    law = lambda tokens: 0.4 + 0.9 * plain.of_tokens(tokens)  # noqa: E731  (at p10, before the noise)
+
+    class FakeRunner:
+        def __init__(self, net, *a, **k):
+            self.tokens = net.hwnas_tokens
+
+    real_build = v.build_child
+
+    def build(arch):
+        net = real_build(arch)
+        net.hwnas_tokens = list(arch.layers)
+        return net
+
+    def noise(tokens):  # deterministic per network, so a twin measures what its first instance did
+        return 1 + 0.08 * ((zlib.crc32(" ".join(tokens).encode()) % 2001) / 1000 - 1)
+
+    def fake_measure(runners, **kwargs):
+        return [{"count": 1, "mean": 3 * law(r.tokens), "std": 0.0, "p10": law(r.tokens) * noise(r.tokens),
+                 "p50": 3 * law(r.tokens), "p90": 4 * law(r.tokens)} for r in runners]
+
+    monkeypatch.setattr(v, "Runner", FakeRunner)
+    monkeypatch.setattr(v, "build_child", build)
+    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    run = tmp_path / "v"
+    code = main(["latency", "validate", "--table", str(path), "--samples", "30", "--repeats", "3",
+                 "--statistic", "auto", "--out", str(run)])
+    out = capsys.readouterr().out
+    assert code == 0 and "statistic: p50" in out and "the table was read at p10" in out
+    table = LatencyTable.load(path)
+    assert table.statistic == "p50" and table.meta["calibration"]["statistic"] == "p50"
+    report = json.loads((run / "report.json").read_text())
+    loo = report["statistic_choice"]["candidates"]
+    assert report["statistic_choice"]["chosen"] == "p50" and loo["p50"] < 1e-6 < 0.01 < loo["p10"] < 0.08
+    assert report["repeatability"]["statistic"] == "p50" and report["repeatability"]["n"] == 3
+    assert report["repeatability"]["perfect_kendall_tau"] == 1.0  # twins agree exactly: no noise, no ceiling
+    assert "Kendall tau would be about 1.000" in out
+    assert report["after"]["within_5pct"] == 1.0 and report["after"]["mape"] < 1e-6
+    rows = list(csv.DictReader((run / "samples.csv").open()))
+    assert all(float(r["measured_ms"]) == float(r["measured_p50_ms"]) for r in rows)
+    assert sum(r["repeat_ms"] != "" for r in rows) == 3
+    model = LatencyModel(table, space, cfg)
+    assert all(model.of_tokens(r["arch"].split(" ")) == pytest.approx(float(r["measured_p50_ms"]), rel=1e-4) for r in rows)
+
+
+def test_statistic_auto_is_chosen_on_the_fit_rows_alone(tmp_path, monkeypatch):
+    """A run whose fit rows follow the p10 rows exactly and whose held-out rows follow the p50 rows exactly
+    (and the other statistic is off by +-20% on each): the choice is p10 (the fit rows say so), and the
+    held-out figures then honestly show the p10 misses. Refit with the choice, nothing measured."""
+    from hwnas.latency.table import LatencyTable
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    path, plain = _two_statistic_table(tmp_path, space, cfg)
+    archs = sample_archs(space, cfg, 24, seed=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"calibration": {"statistic": "p10", "samples_seed": 3},
+                                                 "seconds": 12.5, "rounds": 5}))
+    with open(run / "samples.csv", "w", newline="") as f:
+        cols = ["index", "predicted_sum_ms", "measured_ms", "measured_p10_ms", "measured_p50_ms", "measured_p90_ms",
+                "arch", "split"]
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for i, a in enumerate(archs):
+            s = plain.of_tokens(a)
+            off = 1.2 if i % 2 else 0.8
+            fit = i % 3 != 0
+            p10 = 0.5 + s if fit else (0.5 + s) * off
+            p50 = (1.0 + 2 * s) * off if fit else 1.0 + 2 * s
+            w.writerow({"index": i, "predicted_sum_ms": s, "measured_ms": p10, "measured_p10_ms": p10,
+                        "measured_p50_ms": p50, "measured_p90_ms": 2 * p50, "arch": " ".join(a),
+                        "split": "fit" if fit else "held_out"})
+    table = LatencyTable.load(path)
+    rep = refit(table, space, cfg, run, choose_statistic=("p50", "p10"))
+    assert rep.statistic_choice["chosen"] == "p10" and table.statistic == "p10"
+    assert rep.statistic_choice["candidates"]["p10"] < 1e-6 < 0.1 < rep.statistic_choice["candidates"]["p50"]
+    assert rep.after["within_10pct"] == 0.0 and rep.seconds == 12.5  # the held-out rows are 20% off at p10
+    with pytest.raises(ValueError, match="no p90 figures|no mean figures"):
+        refit(LatencyTable.load(path), space, cfg, run, choose_statistic=("p10", "mean"))
+
+
+def test_tau_ceiling_is_the_tau_a_perfect_predictor_reaches_under_the_twins_noise():
+    """Known answers: no noise -> 1; latencies 1 ms apart (10% steps) under ~1% noise -> ~1; fifty networks
+    within 0.5% of each other under ~3% noise -> ~0; and the ceiling falls as the noise grows. The middle
+    case against a direct simulation: sigma = median difference / (0.6745 sqrt 2)."""
+    from hwnas.latency.validate import kendall_tau, tau_ceiling
+
+    spread = np.linspace(10.0, 59.0, 50)
+    assert tau_ceiling(spread, 0.0) == 1.0 and tau_ceiling([5.0], 0.1) == 1.0
+    assert tau_ceiling(spread, 0.01) > 0.97
+    flat = 20.0 * (1 + np.linspace(0, 0.005, 50))
+    assert abs(tau_ceiling(flat, 0.04)) < 0.1
+    ceilings = [tau_ceiling(spread, d) for d in (0.01, 0.03, 0.1, 0.3)]
+    assert all(a > b for a, b in zip(ceilings, ceilings[1:]))
+    sigma = 0.05 / (0.6745 * np.sqrt(2))
+    rng = np.random.default_rng(7)
+    direct = np.mean([kendall_tau(spread, spread * (1 + rng.normal(0, sigma, 50))) for _ in range(400)])
+    assert tau_ceiling(spread, 0.05) == pytest.approx(direct, abs=0.02)
