@@ -217,3 +217,46 @@ def test_chunks_are_put_on_one_machine_speed_by_the_anchors(tmp_path, monkeypatc
     speeds[:] = [1.0] * 4
     rep = validate(table, space, cfg, tmp_path / "w", samples=30, repeats=0, min_round_s=0.0)
     assert rep.chunk == v.TORCH_CPU_CHUNK and calls == [v.TORCH_CPU_CHUNK + 3] * 3
+
+
+def test_each_quantile_is_put_on_one_machine_speed_by_its_own_anchor_factor(tmp_path, monkeypatch):
+    """Known answer: in the second of three chunks the p10 of every network (anchors included) reads 0.8x
+    (a fast mode some calls run in) while its p50 reads 1.2x (the machine slower in the median). Each
+    quantile is divided by its own chunk factor, so every network reads its plain sum at p50 and half of it
+    at p10; one factor taken at p10 and divided into the p50 (the old way) would leave that chunk's p50
+    at 1.5x its sum. The report keeps both factor lists and the anchors' raw timings."""
+    import csv
+
+    import hwnas.latency.validate as v
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    table = synthetic_table(space, cfg)
+    table.meta = {"backend": "torch", "threads": 1, "resolution": 32, "batch": 1, "dtype": "fp32"}
+    model = LatencyModel(table, space, cfg, calibrated=False)
+    p10_speed, p50_speed, calls = [1.0, 0.8, 1.0], [1.0, 1.2, 1.0], []
+
+    class FakeRunner:
+        def __init__(self, net, *a, **k):
+            self.ms = model.of_tokens(list(net))
+
+    def fake_measure(runners, **kwargs):
+        c = len(calls)
+        calls.append(len(runners))
+        return [{"count": 1, "mean": r.ms * p50_speed[c], "std": 0.0, "p10": 0.5 * r.ms * p10_speed[c],
+                 "p50": r.ms * p50_speed[c], "p90": r.ms * p50_speed[c]} for r in runners]
+
+    monkeypatch.setattr(v, "build_child", lambda arch: arch.layers)
+    monkeypatch.setattr(v, "Runner", FakeRunner)
+    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    rep = validate(table, space, cfg, tmp_path / "v", samples=12, chunk=4, repeats=0, min_round_s=0.0)
+    assert rep.chunk_factors_by_statistic["p10"] == pytest.approx(p10_speed)
+    assert rep.chunk_factors_by_statistic["p50"] == pytest.approx(p50_speed)
+    assert rep.chunk_factors == rep.chunk_factors_by_statistic[getattr(table, "statistic", "p50")]  # the table's own
+    assert len(rep.anchor_timings) == 3 and len(rep.anchor_timings[1]) == 3
+    assert rep.anchor_timings[1][0]["p50"] == pytest.approx(1.2 * rep.anchor_timings[0][0]["p50"])
+    rows = list(csv.DictReader((tmp_path / "v" / "samples.csv").open()))
+    for r in rows:
+        s = float(r["predicted_sum_ms"])
+        assert float(r["measured_p50_ms"]) == pytest.approx(s) and float(r["measured_p10_ms"]) == pytest.approx(0.5 * s)
+    assert {r["chunk_factor_p50"] for r in rows} == {"1.0", "1.2"}

@@ -173,6 +173,8 @@ class ValidationReport:
     chunk: int | None = None  # networks alive and timed together
     chunk_factors: list | None = None  # each chunk's speed relative to the anchors' median (divided out)
     statistic_choice: dict | None = None  # pick_statistic's leave-one-out error per statistic, and its choice
+    chunk_factors_by_statistic: dict | None = None  # {p10|p50|p90: [factor per chunk]}, each divided out of its own
+    anchor_timings: list | None = None  # [chunk][anchor] {p10, p50, p90} ms as measured (before any factor)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,8 +193,9 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     that drift into a residual correlated +0.48 with the sample index (spnas, ONNX Runtime: 60% within
     +-10% instead of 80%). So when there are several chunks, ``ANCHORS`` networks spread over the
     predicted range are built once and timed in every chunk, and each chunk's measurements are divided by
-    its factor (``chunk_factors``: the anchors' median ratio to their own median over all chunks; the
-    factors are in the report and each sample's row). The fit half is drawn at random (``fit_rows``).
+    its factor (``chunk_factors``: the anchors' median ratio to their own median over all chunks), one
+    factor per quantile, each divided out of that quantile (the factors are in the report and each sample's
+    row, the anchors' own timings in ``anchor_timings``). The fit half is drawn at random (``fit_rows``).
     Every ``samples / repeats``-th network is also built a second time and timed as a separate network in the
     same rounds: how often two instances of one network agree (``repeatability``: share within +-5% and
     +-10%, median and largest difference) is the noise of the measurement itself. Two measurements differ
@@ -251,19 +254,24 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
                                        min_round_s=min_round_s, progress=tick)
         stats += measured[:len(indices)]
         repeat_stats.update(zip(twins, measured[len(indices):len(indices) + len(twins)], strict=True))
-        anchor_stats.append([m[stat] for m in measured[len(runners):]])
+        anchor_stats.append(measured[len(runners):])
         del runners
     del anchor_runners
-    factors = chunk_factors(anchor_stats) if anchors else [1.0] * len(chunks)
-    factor_of = {i: f for indices, f in zip(chunks, factors, strict=True) for i in indices}
-    # every statistic of a network is put on the anchors' common level (its chunk's factor divided out)
-    stats = [_on_common_level(st, factor_of[i]) for i, st in enumerate(stats)]
-    repeat_stats = {i: _on_common_level(st, factor_of[i]) for i, st in repeat_stats.items()}
+    # one factor per chunk and quantile: on the Intel Xeon VM the anchors' p10 caught an intermittent fast
+    # mode in two chunks of a validation (factor 0.86) that their p50 did not, and the p10 factor divided
+    # into the p50 measurements put every network of those chunks 8-12% above its prediction
+    factors_by = ({q: chunk_factors([[a[q] for a in chunk] for chunk in anchor_stats]) for q in _STATISTIC_COLUMNS}
+                  if anchors else {q: [1.0] * len(chunks) for q in _STATISTIC_COLUMNS})
+    chunk_of = {i: c for c, indices in enumerate(chunks) for i in indices}
+    factors_of = {i: {q: f[chunk_of[i]] for q, f in factors_by.items()} for i in chunk_of}
+    # every statistic of a network is put on the anchors' common level (its chunk's factor at that statistic)
+    stats = [_on_common_level(st, factors_of[i]) for i, st in enumerate(stats)]
+    repeat_stats = {i: _on_common_level(st, factors_of[i]) for i, st in repeat_stats.items()}
     rows = [{"index": i, "predicted_sum_ms": model.of_tokens(tokens), "measured_ms": st[stat],
              "measured_p10_ms": st["p10"], "measured_p50_ms": st["p50"], "measured_p90_ms": st["p90"],
              "arch": " ".join(tokens), "repeat_ms": repeat_stats[i][stat] if i in repeat_stats else "",
              **{f"repeat_{q}_ms": repeat_stats[i][q] if i in repeat_stats else "" for q in ("p10", "p50", "p90")},
-             "chunk_factor": factor_of[i]}
+             "chunk_factor": factors_of[i][stat], **{f"chunk_factor_{q}": factors_of[i][q] for q in _STATISTIC_COLUMNS}}
             for i, (tokens, st) in enumerate(zip(archs, stats, strict=True))]
     _write_samples(rows, out)  # the measurements are kept even if the fit below fails (--refit recovers them)
     fit_at = fit_rows(len(rows), fit_fraction, seed)
@@ -280,7 +288,10 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     report.sampling, report.rounds, report.iterations = sampling, rounds, iterations
     report.repeatability, report.statistic_choice = _with_tau_ceiling(repeatability(rows, stat), rows), choice
     report.chunk = chunk
-    report.chunk_factors = [float(f) for f in factors] if anchors else None
+    if anchors:
+        report.chunk_factors = [float(f) for f in factors_by[stat]]
+        report.chunk_factors_by_statistic = {q: [float(x) for x in f] for q, f in factors_by.items()}
+        report.anchor_timings = [[{q: float(a[q]) for q in _STATISTIC_COLUMNS} for a in chunk] for chunk in anchor_stats]
     _write(report, rows, out, meta, stat)
     return report
 
@@ -371,13 +382,17 @@ def pick_statistic(table, space, config, rows: list[dict], fit_at: set[int],
         r["measured_ms"] = float(r[f"measured_{chosen}_ms"])
         if f"repeat_{chosen}_ms" in r:
             r["repeat_ms"] = r[f"repeat_{chosen}_ms"]
+        if f"chunk_factor_{chosen}" in r:
+            r["chunk_factor"] = r[f"chunk_factor_{chosen}"]
         r["predicted_sum_ms"] = model.of_tokens(r["arch"].split(" "))
     return {"candidates": {q: float(v) for q, v in loo.items()}, "chosen": chosen, "was": was}
 
 
-def _on_common_level(stats: dict, factor: float) -> dict:
-    """``summarize`` stats with their latencies divided by ``factor`` (counts kept; std scales too)."""
-    return {k: (v / factor if k in ("mean", "std", "p10", "p50", "p90") else v) for k, v in stats.items()}
+def _on_common_level(stats: dict, factors: dict) -> dict:
+    """``summarize`` stats with each quantile divided by its chunk factor (``factors[q]``), mean and std by
+    the median's (counts kept)."""
+    return {k: (v / factors[k] if k in factors else v / factors["p50"] if k in ("mean", "std") else v)
+            for k, v in stats.items()}
 
 
 def anchor_positions(predicted: list[float], k: int) -> list[int]:
@@ -519,11 +534,14 @@ def refit(table, space, config, run_dir: str | os.PathLike, *, choose_statistic=
         stat, model = choice["chosen"], LatencyModel(table, space, config, calibrated=False)
     report = _fit_and_report(table, space, config, model, rows, fit_at,
                              seed=int(old.get("calibration", {}).get("samples_seed", 0)), stat=stat)
-    for key in ("seconds", "sampling", "rounds", "iterations", "repeatability", "chunk", "chunk_factors"):
+    for key in ("seconds", "sampling", "rounds", "iterations", "repeatability", "chunk", "chunk_factors",
+                "chunk_factors_by_statistic", "anchor_timings"):
         if key in old:
             setattr(report, key, old[key])
     if rows and f"repeat_{stat}_ms" in rows[0]:
         report.repeatability = repeatability(rows, stat)
+    if report.chunk_factors_by_statistic and stat in report.chunk_factors_by_statistic:
+        report.chunk_factors = report.chunk_factors_by_statistic[stat]
     report.repeatability = _with_tau_ceiling(report.repeatability, rows)
     report.statistic_choice = choice
     _write(report, rows, out, table.meta, stat)
