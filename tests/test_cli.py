@@ -30,7 +30,7 @@ def in_workdir(workdir, monkeypatch):
 
 def test_profile_search_export(in_workdir, capsys):
     code, out, _ = run(capsys, "profile", "--device", "cpu", "--backend", "torch", "--width-mult", "0.25",
-                       "--warmup", "1", "--iterations", "3", "--rounds", "2", "--out", "tables")
+                       "--warmup", "1", "--iterations", "3", "--rounds", "2", "--network-sets", "2", "--out", "tables")
     assert code == 0 and "fastest" in out and "latency table:" in out
     tables = list((in_workdir / "tables").rglob("proxyless-r224-b1-fp32.csv"))
     assert len(tables) == 1 and tables[0].with_suffix(".json").exists()

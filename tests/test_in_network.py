@@ -166,16 +166,31 @@ def test_default_context_is_network_where_it_runs():
 
 def test_existing_network_table_keeps_its_context(proxyless, tmp_path, monkeypatch):
     """``profile_space`` without a context follows the table's: missing rows of an in-network table are
-    measured in networks, never alone into it."""
+    measured in networks, never alone into it, and in as many sets of networks as its other rows (a
+    search that fills a classifier row of a 2-set table does not time the default 9)."""
+    import hwnas.latency.in_network as inn
+
     space, cfg = proxyless
     _fake_clock(monkeypatch)
+    real, sets = inn.profile_in_network, []
+
+    def spy(*a, reps, **k):
+        sets.append(reps)
+        return real(*a, reps=reps, **k)
+
+    monkeypatch.setattr(inn, "profile_in_network", spy)
     path = tmp_path / "t.csv"
     profile_space(space, cfg, path, device=torch.device("cpu"), backend="torch", context="network", network_sets=1,
                   iterations=2, warmup=1, rounds=1, threads=1)
+    assert sets == [1] and LatencyTable.load(path).meta["network_sets"] == 1
     table = LatencyTable.load(path)
     dropped = sorted(table.as_dict())[0]
     table.df = table.df.drop(dropped)
     table.save(path)
     again = profile_space(space, cfg, path, device=torch.device("cpu"), backend="torch", iterations=2, warmup=1,
                           rounds=1, threads=1)
-    assert dropped in again and again.meta["context"] == "network"
+    assert dropped in again and again.meta["context"] == "network" and sets == [1, 1]
+    fresh = tmp_path / "fresh.csv"
+    monkeypatch.setattr(inn, "profile_in_network", lambda *a, reps, **k: sets.append(reps))
+    profile_space(space, cfg, fresh, device=torch.device("cpu"), backend="torch", context="network", threads=1)
+    assert sets[-1] == inn.NETWORK_SETS == 9  # a new table gets the default

@@ -43,10 +43,16 @@ from hwnas.latency.timing import Runner, measure_interleaved, summarize
 from hwnas.spaces.arch import Arch
 from hwnas.spaces.builder import build_child
 
-__all__ = ["covering_archs", "profile_in_network", "block_positions"]
+__all__ = ["NETWORK_SETS", "covering_archs", "profile_in_network", "block_positions"]
 
 log = logging.getLogger(__name__)
 _clock = time.perf_counter_ns  # what the hooks read (tests replace it with a known clock)
+# Sets of covering networks a profile times by default. With 3, the proxyless rows of the 112x112 stride-2
+# blocks (each in 3-4 networks; memory-bound, their per-network medians spread 3.0-4.1 ms within minutes on
+# the Intel Xeon VM) moved ~20% between two profiles, and 65 of 70 rows agreed within 5% (p50); with 9, two
+# profiles agreed on 69 of 70 (the miss: the classifier, +8%, a 5 MB GEMV that runs in every network and
+# moves with the machine's memory speed), at 220 s a profile instead of 67 (1 thread, 2026-11-27).
+NETWORK_SETS = 9
 
 
 def covering_archs(space, config: dict, reps: int, seed: int = 0) -> list[list[str]]:
@@ -119,7 +125,7 @@ def _plan_key(space, config: dict, archs: list[list[str]], settings: dict) -> st
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads: int, meta: dict, reps: int = 3,
+def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads: int, meta: dict, reps: int = NETWORK_SETS,
                        warmup: int = 10, iterations: int = 100, rounds: int = 5, min_round_s: float = 1.0,
                        seed: int = 0, statistic: str = "p10", dtype: str = "fp32", batch: int = 1,
                        only_missing: bool = True, progress=None) -> LatencyTable:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from hwnas.device import device_slug
+from hwnas.latency.in_network import NETWORK_SETS
 from hwnas.latency.profiler import BlockSpec, profile_blocks
 from hwnas.latency.table import LatencyTable, LatencyTableError, check_compatible, table_files, table_path
 from hwnas.latency.timing import runtime, runtime_label
@@ -25,10 +26,10 @@ WARMUP, ITERATIONS, ROUNDS = 10, 100, 5
 # work on the machine (``hwnas latency validate`` measured 100% of held-out networks within +-10% with
 # p10 against 94% with p50 on a shared 2-core VM; see README).
 STATISTIC = "p10"
-# How blocks are placed when timed (``profile_space``), and how many sets of covering networks an
-# in-network profile times (each set runs every (layer, candidate) once, next to other neighbours).
+# How blocks are placed when timed (``profile_space``); how many sets of covering networks an in-network
+# profile times by default (each set runs every (layer, candidate) once, next to other neighbours) is
+# ``hwnas.latency.in_network.NETWORK_SETS``.
 CONTEXTS = ("alone", "network")
-NETWORK_SETS = 3
 
 
 def default_threads() -> int:
@@ -91,13 +92,14 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
                   batch: int = 1, dtype: str = "fp32", threads: int | None = None, warmup: int = WARMUP,
                   iterations: int = ITERATIONS, progress=None, mode: str | None = None,
                   provider: str | None = None, rounds: int = ROUNDS, statistic: str = STATISTIC,
-                  context: str | None = None, network_sets: int = NETWORK_SETS) -> LatencyTable:
+                  context: str | None = None, network_sets: int | None = None) -> LatencyTable:
     """Profile every block of ``space`` (at ``config``'s deploy shape) missing from the table at ``path``.
 
     ``context`` is how a block is timed: ``"alone"`` (each block its own module or ONNX model; every
     backend) or ``"network"`` (in place inside ``network_sets`` sets of covering networks,
     ``hwnas.latency.in_network``; torch eager on a CPU, chain spaces). By default an existing table keeps
-    its own context and a new one gets ``default_context``."""
+    its own context (and its own ``network_sets``) and a new one gets ``default_context`` (and
+    ``NETWORK_SETS``)."""
     cfg = space.resolve_config(config)
     meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch, "config": cfg}
     if context is None:
@@ -112,8 +114,13 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
             raise ValueError(f"--context network times blocks in place with the host clock: torch eager on a CPU "
                              f"only, not {label} on {device}")
         from hwnas.latency.in_network import profile_in_network
+        if network_sets is None:  # rows added to an existing table are measured the way its others were
+            csv_path = table_files(path)[0]
+            network_sets = int((LatencyTable.load(csv_path).meta.get("network_sets") if csv_path.exists() else None)
+                               or NETWORK_SETS)
         return profile_in_network(space, cfg, path, threads=threads or default_threads(), meta=meta,
-                                  reps=network_sets, warmup=warmup, iterations=iterations, rounds=rounds,
+                                  reps=network_sets,
+                                  warmup=warmup, iterations=iterations, rounds=rounds,
                                   statistic=statistic, dtype=dtype, batch=batch, progress=progress)
     return profile_blocks(space_blocks(space, cfg, batch), path, backend=backend, device=device,
                           threads=threads or default_threads(), warmup=warmup, iterations=iterations, dtype=dtype,
