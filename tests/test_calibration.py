@@ -251,41 +251,16 @@ def test_validate_statistic_switch_refits_on_the_runs_own_column(tmp_path, monke
     and p90; the switch reads the table's rows and those networks at p50 and stores the new statistic
     with the refitted calibration (known answers: measured p50 = 3 x the p10 law, rows' p50 = 2 x p10);
     a run that kept only its own statistic is refused in one line, the table left as it was."""
-    import hwnas.latency.validate as v
     from hwnas.cli import main
     from hwnas.latency.table import LatencyTable
     from tests.test_cli import assert_one_line_error
 
     space = get_space("proxyless")
     cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
-    synth = synthetic_table(space, cfg)
-    table = LatencyTable.empty({"space": "proxyless", "config": {"width_mult": 0.25}, "resolution": 32, "batch": 1,
-                                "dtype": "fp32", "backend": "torch", "threads": 1, "statistic": "p10",
-                                "device": {"slug": "cpu-test-1t", "name": "test"}})
-    for sig, ms in synth.rows.items():
-        table.add(sig, {"count": 10, "mean": 2 * ms, "std": 0.0, "p10": ms, "p50": 2 * ms, "p90": 3 * ms})
-    path = table.save(tmp_path / "t.csv")
-    plain = LatencyModel(synth, space, cfg)
+    path, plain = _two_statistic_table(tmp_path, space, cfg)
     law = lambda tokens: 0.4 + 0.9 * plain.of_tokens(tokens)  # noqa: E731  (at p10)
-
-    class FakeRunner:
-        def __init__(self, net, *a, **k):
-            self.tokens = net.hwnas_tokens
-
-    real_build = v.build_child
-
-    def build(arch):
-        net = real_build(arch)
-        net.hwnas_tokens = list(arch.layers)
-        return net
-
-    def fake_measure(runners, **kwargs):
-        return [{"count": 1, "mean": 3 * law(r.tokens), "std": 0.0, "p10": law(r.tokens), "p50": 3 * law(r.tokens),
-                 "p90": 4 * law(r.tokens)} for r in runners]
-
-    monkeypatch.setattr(v, "Runner", FakeRunner)
-    monkeypatch.setattr(v, "build_child", build)
-    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    _fake_networks(monkeypatch, lambda t: {"count": 1, "mean": 3 * law(t), "std": 0.0, "p10": law(t),
+                                           "p50": 3 * law(t), "p90": 4 * law(t)})
     run = tmp_path / "v"
     rep = validate(LatencyTable.load(path), space, cfg, run, samples=20, repeats=0, min_round_s=0.0)
     assert rep.calibration["statistic"] == "p10" and rep.calibration["b"] == pytest.approx(0.9, rel=1e-6)
@@ -330,21 +305,9 @@ def _two_statistic_table(tmp_path, space, cfg):
     return table.save(tmp_path / "t.csv"), LatencyModel(synth, space, cfg)
 
 
-def test_validate_statistic_auto_reads_the_table_at_the_quantile_the_fit_networks_predict_best(tmp_path, monkeypatch, capsys):
-    """`hwnas latency validate --statistic auto`: the networks' p50 follows the table's p50 rows exactly
-    (1.2 + 1.35 x sum), their p10 carries +-8% of noise: p50 is chosen, stored in the sidecar with its
-    calibration, the samples and the noise floor read at p50, and the report keeps each candidate's
-    leave-one-out error (p10's near the noise, p50's near zero)."""
-    import zlib
-
+def _fake_networks(monkeypatch, stats_of):
+    """``validate`` without timing anything: every network it builds "measures" ``stats_of(tokens)``."""
     import hwnas.latency.validate as v
-    from hwnas.cli import main
-    from hwnas.latency.table import LatencyTable
-
-    space = get_space("proxyless")
-    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
-    path, plain = _two_statistic_table(tmp_path, space, cfg)
-    law = lambda tokens: 0.4 + 0.9 * plain.of_tokens(tokens)  # noqa: E731  (at p10, before the noise)
 
     class FakeRunner:
         def __init__(self, net, *a, **k):
@@ -357,16 +320,31 @@ def test_validate_statistic_auto_reads_the_table_at_the_quantile_the_fit_network
         net.hwnas_tokens = list(arch.layers)
         return net
 
+    monkeypatch.setattr(v, "Runner", FakeRunner)
+    monkeypatch.setattr(v, "build_child", build)
+    monkeypatch.setattr(v, "measure_interleaved", lambda runners, **kw: [stats_of(r.tokens) for r in runners])
+
+
+def test_validate_statistic_auto_reads_the_table_at_the_quantile_the_fit_networks_predict_best(tmp_path, monkeypatch, capsys):
+    """`hwnas latency validate --statistic auto`: the networks' p50 follows the table's p50 rows exactly
+    (1.2 + 1.35 x sum), their p10 carries +-8% of noise: p50 is chosen, stored in the sidecar with its
+    calibration, the samples and the noise floor read at p50, and the report keeps each candidate's
+    leave-one-out error (p10's near the noise, p50's near zero)."""
+    import zlib
+
+    from hwnas.cli import main
+    from hwnas.latency.table import LatencyTable
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    path, plain = _two_statistic_table(tmp_path, space, cfg)
+    law = lambda tokens: 0.4 + 0.9 * plain.of_tokens(tokens)  # noqa: E731  (at p10, before the noise)
+
     def noise(tokens):  # deterministic per network, so a twin measures what its first instance did
         return 1 + 0.08 * ((zlib.crc32(" ".join(tokens).encode()) % 2001) / 1000 - 1)
 
-    def fake_measure(runners, **kwargs):
-        return [{"count": 1, "mean": 3 * law(r.tokens), "std": 0.0, "p10": law(r.tokens) * noise(r.tokens),
-                 "p50": 3 * law(r.tokens), "p90": 4 * law(r.tokens)} for r in runners]
-
-    monkeypatch.setattr(v, "Runner", FakeRunner)
-    monkeypatch.setattr(v, "build_child", build)
-    monkeypatch.setattr(v, "measure_interleaved", fake_measure)
+    _fake_networks(monkeypatch, lambda t: {"count": 1, "mean": 3 * law(t), "std": 0.0, "p10": law(t) * noise(t),
+                                           "p50": 3 * law(t), "p90": 4 * law(t)})
     run = tmp_path / "v"
     code = main(["latency", "validate", "--table", str(path), "--samples", "30", "--repeats", "3",
                  "--statistic", "auto", "--out", str(run)])

@@ -102,9 +102,10 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
     ``NETWORK_SETS``)."""
     cfg = space.resolve_config(config)
     meta = {"space": space.name, "resolution": cfg["resolution"], "batch": batch, "config": cfg}
+    csv_path = table_files(path)[0]
+    existing = LatencyTable.load(csv_path).meta if csv_path.exists() else {}
     if context is None:
-        csv_path = table_files(path)[0]
-        context = (LatencyTable.load(csv_path).meta.get("context", "alone") if csv_path.exists()
+        context = (existing.get("context", "alone") if existing
                    else default_context(space, backend, device, mode, provider))
     if context not in CONTEXTS:
         raise ValueError(f"unknown profile context {context!r}; choose from {', '.join(CONTEXTS)}")
@@ -115,12 +116,9 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
                              f"only, not {label} on {device}")
         from hwnas.latency.in_network import profile_in_network
         if network_sets is None:  # rows added to an existing table are measured the way its others were
-            csv_path = table_files(path)[0]
-            network_sets = int((LatencyTable.load(csv_path).meta.get("network_sets") if csv_path.exists() else None)
-                               or NETWORK_SETS)
+            network_sets = int(existing.get("network_sets") or NETWORK_SETS)
         return profile_in_network(space, cfg, path, threads=threads or default_threads(), meta=meta,
-                                  reps=network_sets,
-                                  warmup=warmup, iterations=iterations, rounds=rounds,
+                                  reps=network_sets, warmup=warmup, iterations=iterations, rounds=rounds,
                                   statistic=statistic, dtype=dtype, batch=batch, progress=progress)
     return profile_blocks(space_blocks(space, cfg, batch), path, backend=backend, device=device,
                           threads=threads or default_threads(), warmup=warmup, iterations=iterations, dtype=dtype,
