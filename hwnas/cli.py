@@ -277,10 +277,11 @@ def _print_summary(search, s: dict) -> None:
             tgt += " (does not bind)"
         print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; space range {lo:.3f}-{hi:.3f} ms; "
               f"table {search.cfg.table})")
-    print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f}")
+    print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f} (it ranks candidates; "
+          f"the architecture's own accuracy comes from training it: hwnas train)")
     inherited = "child.pt, " if (Path(s["run_dir"]) / "child.pt").exists() else ""
     print(f"run directory: {s['run_dir']} (arch.json, {inherited}metrics.csv, log.txt, alpha_evolution.png); "
-          f"next: hwnas export --onnx, hwnas train --arch {s['run_dir']}")
+          f"next: hwnas train (from scratch, into the run directory), then hwnas export --onnx")
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -308,7 +309,7 @@ def cmd_export(args) -> int:
     print(f"exported {src.arch} -> {rep.onnx_path}")
     print(f"checked: onnx.checker ok; ONNX Runtime vs torch max abs diff {rep.max_abs_diff:.2e} "
           f"({rep.rel_diff:.2e} relative) on {rep.input_shape}; {rep.params:,} parameters; "
-          f"weights: {rep.weights or 'random init'}")
+          f"weights: {rep.weights or 'random init'}{_weights_note(src.weights)}")
     if rep.measured_ms:
         m = rep.measured_ms
         line = f"measured latency (ONNX Runtime CPU): p10 {m['p10']:.3f} ms, p50 {m['p50']:.3f} ms, p90 {m['p90']:.3f} ms"
@@ -327,6 +328,24 @@ def cmd_export(args) -> int:
         for note in rep.notes:
             print(f"note: {note}")
     return 0
+
+
+def _weights_note(weights: Path | None) -> str:
+    """What the exported weights are worth: trained.pt's test accuracy (train.json beside it), or that
+    child.pt is inherited from the supernet (summary.json's accuracy of the derived path)."""
+    if weights is None:
+        return " (untrained: for latency only)"
+    try:
+        if weights.name == "trained.pt" and (weights.parent / "train.json").exists():
+            r = json.loads((weights.parent / "train.json").read_text())
+            return f" (trained from scratch, {r['epochs']} epochs on {r['data']}: test accuracy {r['test_acc']:.4f})"
+        if weights.name == "child.pt" and (weights.parent / "summary.json").exists():
+            acc = json.loads((weights.parent / "summary.json").read_text())["supernet_val_acc"]
+            return (f" (inherited from the supernet, validation accuracy {acc:.4f}; `hwnas train` trains the "
+                    f"architecture from scratch and export then takes those weights)")
+    except (OSError, ValueError, KeyError):
+        pass
+    return ""
 
 
 def _table_threads(table) -> int:
@@ -386,18 +405,44 @@ def _list_presets() -> int:
 def cmd_train(args) -> int:
     from hwnas.device import resolve_device
     from hwnas.export import resolve_arch
+    from hwnas.search import latest_run
     from hwnas.train import train_child
 
     device = resolve_device(args.device)
-    src = resolve_arch(args.arch)
+    spec = args.arch
+    if spec is None:
+        latest = latest_run(args.runs)
+        if latest is None:
+            raise ValueError(f"no finished search under {args.runs}/ to train; pass --arch RUN_DIR|arch.json|PRESET")
+        spec = str(latest)
+        print(f"training the latest run: {latest}")
+    src = resolve_arch(spec)
+    data, data_root, resolution = args.data, args.data_root, args.resolution
+    searched = _run_data(src.run_dir)
+    if data is None:  # a run directory trains on what it was searched on; anything else on digits
+        data, data_root = searched.get("data") or "digits", data_root or searched.get("data_root")
+        resolution = resolution or searched.get("train_resolution")
     out = Path(args.out) if args.out else (src.run_dir or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-train")
     _log_to_file(out / "train_log.txt")
-    r = train_child(src.arch, out, data=args.data, data_root=args.data_root, epochs=args.epochs,
+    r = train_child(src.arch, out, data=data, data_root=data_root, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                    seed=args.seed, device=device, progress=Progress)
-    print(f"trained {src.arch} for {r['epochs']} epochs on {r['data']}: test accuracy {r['test_acc']:.4f} "
-          f"(val {r['val_acc']:.4f}), {r['params']:,} parameters; weights {out / 'trained.pt'}")
+                    seed=args.seed, device=device, resolution=resolution, progress=Progress)
+    print(f"trained {src.arch} for {r['epochs']} epochs on {r['data']} at {r['resolution']}x{r['resolution']}: "
+          f"test accuracy {r['test_acc']:.4f} (val {r['val_acc']:.4f}), {r['params']:,} parameters; "
+          f"weights {out / 'trained.pt'}" + ("; hwnas export uses them" if out == src.run_dir else ""))
     return 0
+
+
+def _run_data(run_dir: Path | None) -> dict:
+    """The data a run directory was searched on (its config.json), or {}."""
+    path = run_dir / "config.json" if run_dir is not None else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: cfg.get(k) for k in ("data", "data_root", "train_resolution")}
 
 
 # -- latency -------------------------------------------------------------------------------------
@@ -697,8 +742,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train an architecture from scratch and report test accuracy")
-    p.add_argument("--arch", required=True, help="run directory, arch.json or preset")
-    p.add_argument("--data", default="digits")
+    p.add_argument("--arch", default=None, help="run directory, arch.json or preset (default: the latest run)")
+    p.add_argument("--data", default=None,
+                   help="digits, cifar10, cifar100 or an ImageFolder directory (default: a run's own data, else digits)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="training resolution (default: a run's train resolution, else the data's own)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)

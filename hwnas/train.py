@@ -67,17 +67,18 @@ def train_settings(arch: Arch, *, lr: float | None = None, weight_decay: float |
 def train_child(arch: Arch, out_dir: str | os.PathLike, *, data: str = "digits", data_root: str | None = None,
                 epochs: int = 10, batch_size: int = 64, lr: float | None = None, weight_decay: float | None = None,
                 grad_clip: float | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                progress=None) -> dict:
+                resolution: int | None = None, progress=None) -> dict:
     """Train ``arch`` (at the data's resolution, deploy strides adapted) and write ``trained.pt``,
     ``train_metrics.csv`` and ``train.json`` into ``out_dir``. Returns the final figures.
 
-    ``lr``, ``weight_decay`` and ``grad_clip`` default to the space kind's recipe (``train_settings``)."""
+    ``lr``, ``weight_decay`` and ``grad_clip`` default to the space kind's recipe (``train_settings``);
+    ``resolution`` to the data's own (32 for digits and CIFAR)."""
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: must be at least 1")
     recipe = train_settings(arch, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip)
     torch.manual_seed(seed)
     device = torch.device(device)
-    splits = load_data(data, root=data_root, seed=seed)
+    splits = load_data(data, root=data_root, seed=seed, resolution=resolution)
     if arch.config["num_classes"] != splits.num_classes:
         arch = arch.with_config(num_classes=splits.num_classes)
     model = build_child(arch, resolution=splits.resolution).to(device)
@@ -124,6 +125,7 @@ def train_child(arch: Arch, out_dir: str | os.PathLike, *, data: str = "digits",
     os.replace(tmp, out / "trained.pt")
     result = {"arch": arch.layers, "data": data, "epochs": epochs, "params": count_params(model),
               "val_acc": rows[-1]["val_acc"], "test_acc": accuracy(model, test_loader, device),
-              "seconds": time.perf_counter() - started, "seed": seed, "batch_size": batch_size, **recipe}
+              "seconds": time.perf_counter() - started, "seed": seed, "batch_size": batch_size,
+              "resolution": splits.resolution, **recipe}
     atomic_write_text(out / "train.json", json.dumps(result, indent=2) + "\n")
     return result

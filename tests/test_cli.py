@@ -51,6 +51,17 @@ def test_profile_search_export(in_workdir, capsys):
     assert (runs[0] / "model.onnx").exists() and "onnx.checker ok" in out and "measured latency" in out
     report = json.loads((runs[0] / "export.json").read_text())
     assert report["rel_diff"] <= 1e-4 and report["weights"].endswith("child.pt")
+    assert "inherited from the supernet, validation accuracy" in out
+
+    # train (no --arch: the latest run, on the data and resolution it was searched on), then export takes
+    # the trained weights and says what they scored
+    code, out, _ = run(capsys, "train", "--epochs", "1", "--batch-size", "256")
+    assert code == 0 and f"training the latest run: runs/{runs[0].name}" in out and "on digits at 32x32" in out, out
+    trained = json.loads((runs[0] / "train.json").read_text())
+    assert trained["resolution"] == config["train_resolution"] and 0 <= trained["test_acc"] <= 1
+    code, out, _ = run(capsys, "export", "--onnx", "--tables", "tables", "--iterations", "5", "--no-measure")
+    assert code == 0 and f"test accuracy {trained['test_acc']:.4f}" in out, out
+    assert json.loads((runs[0] / "export.json").read_text())["weights"].endswith("trained.pt")
 
     code, out, _ = run(capsys, "latency", "show", "--table", str(tables[0]), "--space", "proxyless")
     assert code == 0 and "fastest architecture" in out and "slowest architecture" in out
