@@ -565,6 +565,10 @@ def _latency_validate(args, table) -> int:
         print(f"statistic: {ch['chosen']} (leave-one-out error of the best calibration on the fit networks: {loo}"
               + (f"; the table was read at {was})" if ch["chosen"] != was else ")")
               + ("" if args.no_store or ch["chosen"] == was else "; stored in its sidecar"))
+        if len(ch.get("by_weight", {}).get(ch["chosen"], {})) > 1:
+            tried = ", ".join(f"{w} {v:.1%}" for w, v in ch["by_weight"][ch["chosen"]].items())
+            print(f"anchor weight: {ch['anchor_weight']:g} (each chunk's factor divided out as factor ** weight; "
+                  f"leave-one-out error at {ch['chosen']} by weight: {tried})")
     figures = [("plain sum", rep.before), ("calibrated", rep.after)]
     if (rep.calibration["form"] != "affine" or rep.calibration.get("per_block")) and rep.after_affine:
         figures.append(("affine", rep.after_affine))
@@ -574,8 +578,9 @@ def _latency_validate(args, table) -> int:
               f"({fig['n']} held-out networks)")
     if rep.chunk_factors:
         f = rep.chunk_factors
+        w = (rep.statistic_choice or {}).get("anchor_weight", 1.0)
         print(f"chunks of {rep.chunk}: the anchors put the machine's speed per chunk at {min(f):.2f}-{max(f):.2f}x "
-              "their median (divided out of every measurement)")
+              "their median (divided out of every measurement" + (f" as factor ** {w:g})" if w != 1.0 else ")"))
     c = rep.calibration
     tried = ", ".join(f"{k} {v:.1%}" for k, v in c.get("candidates", {}).items())
     print(f"calibration: {describe_calibration(c)} (fit on {c['fit_samples']} other networks; leave-one-out "

@@ -403,6 +403,61 @@ def test_statistic_auto_is_chosen_on_the_fit_rows_alone(tmp_path, monkeypatch):
         refit(LatencyTable.load(path), space, cfg, run, choose_statistic=("p10", "mean"))
 
 
+def _chunked_run(run, archs, plain, drift, anchor_error):
+    """A validate run of 10-network chunks: chunk c ran ``drift[c]`` times the usual speed, and its anchors
+    put it at ``drift[c] * anchor_error[c]`` (the factor stored and divided out). Every network's usual
+    latency is exactly 0.5 + 2 x its sum at p10 and p50."""
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"calibration": {"statistic": "p10", "samples_seed": 0}}))
+    cols = ["index", "predicted_sum_ms", "measured_ms", "measured_p10_ms", "measured_p50_ms", "measured_p90_ms",
+            "arch", "repeat_ms", "repeat_p10_ms", "repeat_p50_ms", "repeat_p90_ms", "chunk_factor",
+            "chunk_factor_p10", "chunk_factor_p50", "chunk_factor_p90", "split"]
+    with open(run / "samples.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for i, a in enumerate(archs):
+            c = i // 10
+            factor = drift[c] * anchor_error[c]
+            m = (0.5 + 2 * plain.of_tokens(a)) * drift[c] / factor
+            w.writerow({"index": i, "predicted_sum_ms": plain.of_tokens(a), "measured_ms": m, "measured_p10_ms": m,
+                        "measured_p50_ms": m, "measured_p90_ms": 2 * m, "arch": " ".join(a),
+                        **({"repeat_ms": m, "repeat_p10_ms": m, "repeat_p50_ms": m, "repeat_p90_ms": 2 * m}
+                           if i % 10 == 0 else {}),
+                        "chunk_factor": factor, **{f"chunk_factor_{q}": factor for q in ("p10", "p50", "p90")},
+                        "split": "fit" if i % 3 else "held_out"})
+
+
+@pytest.mark.parametrize("case", ["anchors_noisy_machine_steady", "anchors_exact_machine_drifting"])
+def test_anchor_weight_is_chosen_on_the_fit_rows(tmp_path, case):
+    """The anchors' factor is a measurement too. Machine steady, anchors +-6% off: dividing the factor out
+    puts whole chunks 6% off, and weight 0 (not dividing) is chosen, every held-out network exact. Machine
+    drifting +-10%, anchors exact: the full factor (weight 1) is chosen, exact again. Chosen by the fit rows
+    (two thirds), stored with the calibration, and the twins read at the same weight."""
+    from hwnas.latency.table import LatencyTable
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    path, plain = _two_statistic_table(tmp_path, space, cfg)
+    archs = sample_archs(space, cfg, 60, seed=5)
+    swing = [0.94, 1.06, 1.0, 0.95, 1.05, 1.02]
+    if case == "anchors_noisy_machine_steady":
+        drift, anchor_error, want = [1.0] * 6, swing, 0.0
+    else:
+        drift, anchor_error, want = [1.1 * s for s in swing], [1.0] * 6, 1.0
+    run = tmp_path / "run"
+    _chunked_run(run, archs, plain, drift, anchor_error)
+    rep = refit(LatencyTable.load(path), space, cfg, run, choose_statistic=("p10",))
+    ch = rep.statistic_choice
+    assert ch["anchor_weight"] == want and rep.calibration["anchor_weight"] == want
+    assert ch["by_weight"]["p10"][str(want)] < 1e-6 < 0.01 < max(ch["by_weight"]["p10"].values())
+    assert rep.after["within_5pct"] == 1.0 and rep.after["mape"] < 1e-6
+    rows = list(csv.DictReader((run / "samples.csv").open()))
+    twins = [r for r in rows if r["repeat_ms"] != ""]
+    assert len(twins) == 6 and all(float(r["repeat_ms"]) == pytest.approx(float(r["measured_ms"])) for r in twins)
+    usual = [0.5 + 2 * plain.of_tokens(r["arch"].split(" ")) for r in rows]
+    assert [float(r["measured_ms"]) for r in rows] == pytest.approx(usual, rel=1e-9)  # the usual speed, either way
+
+
 def test_tau_ceiling_is_the_tau_a_perfect_predictor_reaches_under_the_twins_noise():
     """Known answers: no noise -> 1; latencies 1 ms apart (10% steps) under ~1% noise -> ~1; fifty networks
     within 0.5% of each other under ~3% noise -> ~0; and the ceiling falls as the noise grows. The middle
