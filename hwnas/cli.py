@@ -176,7 +176,7 @@ def cmd_search(args) -> int:
                            batch_size=args.batch_size, lr=args.lr, arch_every=args.arch_every,
                            device=str(train_device), latency_target=args.latency_target,
                            config=_config_overrides(args), options=_method_options(args),
-                           train_resolution=args.train_resolution)
+                           train_resolution=args.train_resolution, machine_factor=args.machine_factor)
         cfg.validate()
         run_dir = new_run_dir(args.runs, cfg.method, cfg.space)
 
@@ -277,6 +277,8 @@ def _print_summary(search, s: dict) -> None:
             tgt += " (does not bind)"
         print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; space range {lo:.3f}-{hi:.3f} ms; "
               f"table {search.cfg.table})")
+        if s.get("predicted_now_ms"):
+            print(f"on this machine now (machine factor {s['machine_factor']:.3f}): {s['predicted_now_ms']:.3f} ms")
     print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f} (it ranks candidates; "
           f"the architecture's own accuracy comes from training it: hwnas train)")
     inherited = "child.pt, " if (Path(s["run_dir"]) / "child.pt").exists() else ""
@@ -346,6 +348,21 @@ def _weights_note(weights: Path | None) -> str:
     except (OSError, ValueError, KeyError):
         pass
     return ""
+
+
+def _latency_drift(args, table) -> int:
+    from hwnas.latency.drift import measure_drift
+
+    d = measure_drift(table, warmup=args.warmup, iterations=args.iterations, rounds=args.rounds)
+    f = d["factor"]
+    for now, then, r in zip(d["now_ms"], d["then_ms"], d["ratios"], strict=True):
+        print(f"reference network: {now:.3f} ms now, {then:.3f} ms at validation ({r:.3f}x)")
+    print(f"machine factor {f:.3f} ({d['statistic']}): this machine runs the table's networks at {f:.2f}x their "
+          f"latency at validation; its predictions are {(1 / f - 1) * 100:+.1f}% against what it measures now")
+    if abs(f - 1) > 0.05:
+        print(f"to search for a target on this machine as it runs now: hwnas search --latency-target <T>ms "
+              f"--machine-factor {f:.3f} (or auto); or profile and validate the table again")
+    return 0
 
 
 def _table_threads(table) -> int:
@@ -455,6 +472,8 @@ def cmd_latency(args) -> int:
     meta = table.meta
     if args.latency_cmd == "validate":
         return _latency_validate(args, table)
+    if args.latency_cmd == "drift":
+        return _latency_drift(args, table)
     if args.latency_cmd == "agreement":
         return _latency_agreement(args, table)
     if args.latency_cmd == "show":
@@ -678,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="search for accuracy alone, no table")
     p.add_argument("--data", default="digits", help="digits (embedded), cifar10, cifar100 or an image folder")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--machine-factor", default=None,
+                   help="this machine's speed now relative to the table's validation (`hwnas latency drift`), or auto "
+                        "to measure it first: an absolute --latency-target is divided by it onto the table's scale")
     p.add_argument("--train-resolution", type=int, default=None,
                    help="input size the supernet trains at (default: the data's; digits 32). Latency is always "
                         "for the deploy --resolution")
@@ -803,6 +825,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "whichever of p10 and p50 the fit networks predict best (leave-one-out), the held-out ones "
                         "left out of the choice")
     q.set_defaults(func=cmd_latency)
+    q = lsub.add_parser("drift", help="how fast this machine runs now against the table's validation")
+    q.add_argument("--table", required=True)
+    q.add_argument("--iterations", type=int, default=100)
+    q.add_argument("--rounds", type=int, default=5)
+    q.add_argument("--warmup", type=int, default=10)
+    q.set_defaults(func=cmd_latency)
+
     q = lsub.add_parser("agreement", help="do two profiles of one table agree, row by row?")
     q.add_argument("--table", required=True)
     q.add_argument("--other", required=True, help="the second profile of the same table (e.g. made with hwnas profile --out DIR)")

@@ -60,12 +60,24 @@ class SearchConfig:
     table: str | None = None  # the latency table path (recorded; loaded by the caller)
     table_device: str | None = None  # the device the table was profiled on (slug)
     train_resolution: int | None = None  # proxy input size for the search (default: the data's, digits 32)
+    # this machine's speed now / at the table's validation (hwnas.latency.drift): an absolute target is
+    # divided by it onto the table's scale; "auto" measures it at the start (and records the figure)
+    machine_factor: float | str | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup-epochs < epochs (got {self.epochs}, {self.warmup_epochs})")
         if self.batch_size < 1 or self.arch_every < 1:
             raise ValueError("batch size and --arch-every must be positive")
+        f = self.machine_factor
+        if f is not None and f != "auto":
+            try:
+                ok = np.isfinite(float(f)) and float(f) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"--machine-factor {f!r}: give a positive number (this machine's speed now / at the "
+                                 "table's validation, from `hwnas latency drift`) or auto")
 
 
 class NullProgress:
@@ -138,10 +150,17 @@ class Search:
             table = table(self.space, self.deploy_config)
         self.latency = LatencyModel(table, self.space, self.deploy_config) if table is not None else None
         self.target_ms, self.binds = None, False
+        self.machine_factor = None
         if self.latency is not None:
             (fast, self.fastest), (slow, self.slowest) = self.latency.extremes()
             self.range_ms = (fast, slow)
             self.target_ms = parse_target(cfg.latency_target, fast, slow)
+            self.machine_factor = self._machine_factor(table)
+            if self.machine_factor is not None and self.target_ms is not None \
+                    and not str(cfg.latency_target).strip().endswith("%"):
+                log.info("target %.3f ms on this machine now = %.3f ms on the table's scale (machine factor %.3f)",
+                         self.target_ms, self.target_ms / self.machine_factor, self.machine_factor)
+                self.target_ms /= self.machine_factor
             self.binds = check_target(self.target_ms, fast, slow, f" {cfg.space!r} on this table")
         elif cfg.latency_target is not None:
             raise ValueError("a latency target needs a latency table")
@@ -154,6 +173,21 @@ class Search:
         self.train_loader, self.val_loader, self.test_loader = make_loaders(self.data, cfg.batch_size, seed=cfg.seed)
         self.epoch = 0
         self.history: list[dict] = []
+
+    def _machine_factor(self, table) -> float | None:
+        """The configured machine factor; ``auto`` times the table's reference networks now
+        (``hwnas.latency.drift``) and records the figure in the config, so a resumed run keeps its target."""
+        f = self.cfg.machine_factor
+        if f is None:
+            return None
+        if f == "auto":
+            from hwnas.latency.drift import measure_drift
+
+            d = measure_drift(table)
+            log.info("machine factor %.3f: the table's reference networks run %s x their latency at validation",
+                     d["factor"], " / ".join(f"{r:.2f}" for r in d["ratios"]))
+            self.cfg.machine_factor = f = d["factor"]
+        return float(f)
 
     def _make_weight_optimizer(self) -> None:
         """SGD on the supernet's weights with a cosine schedule to the end of the run (made again when a
@@ -174,7 +208,9 @@ class Search:
         if not self.binds:
             return (f"latency target {self.target_ms:.2f} ms does not bind: every architecture is faster "
                     f"({rng}); searching for accuracy alone")
-        return f"latency target {self.target_ms:.2f} ms ({rng}); derived architecture kept in " \
+        now = (f" on the table's scale, {self.target_ms * self.machine_factor:.2f} ms on this machine now"
+               if self.machine_factor is not None else "")
+        return f"latency target {self.target_ms:.2f} ms{now} ({rng}); derived architecture kept in " \
                f"[{LOWER_FRACTION * self.target_ms:.2f}, {self.target_ms:.2f}] ms"
 
     def _write_config(self) -> None:
@@ -334,6 +370,8 @@ class Search:
             os.replace(tmp, self.run_dir / "child.pt")
         plot_arch_history(self.run_dir)
         summary = {"arch": tokens, "predicted_latency_ms": predicted, "target_ms": self.target_ms,
+                   "machine_factor": self.machine_factor,
+                   "predicted_now_ms": predicted * self.machine_factor if predicted and self.machine_factor else None,
                    "target_binds": self.binds, "range_ms": getattr(self, "range_ms", None),
                    "supernet_val_acc": val_acc, "epochs": self.epoch, "search_seconds": seconds,
                    "run_dir": str(self.run_dir)}

@@ -1,0 +1,70 @@
+"""How fast this machine runs now against the day a table was validated: the table's reference networks
+(``hwnas.latency.reference``) timed again, on the table's own runtime and deploy shape.
+
+A calibrated table predicts the machine as it ran during its validation. A cloud VM does not keep that
+speed: the 2-core Intel Xeon VM whose tables ship here ran the 2-thread torch spnas table's references at
+0.71-0.80x their validation latency the next day (2026-11-28; ten networks the validation never saw, each
+alone in a fresh process, measured 14.8-29.2% below their predictions, and within -8.1% .. +6.7% once
+divided by that factor; ``tools/independent_check.py``). ``hwnas latency drift`` measures the factor in
+seconds, so a user sees before a search whether the table still describes the machine: a factor far from
+1 means either re-profiling, or stating an absolute target on the table's scale (``target / factor``;
+``hwnas search --machine-factor``).
+"""
+from __future__ import annotations
+
+import torch
+
+from hwnas.latency.reference import machine_factor, reference_networks
+
+
+def drift_problem(table) -> str | None:
+    """Why this machine cannot time ``table``'s references now (None when it can)."""
+    meta = table.meta
+    cal = meta.get("calibration") or {}
+    if not cal.get("references"):
+        return ("the table's calibration has no reference networks (run `hwnas latency validate` on it, or "
+                "--refit an earlier validation)")
+    if cal.get("statistic", table.statistic) != table.statistic:
+        return f"the references were measured at {cal['statistic']}, the table reads {table.statistic}"
+    from hwnas.device import device_slug
+
+    dev = meta.get("device") or {}
+    threads = int(meta.get("threads", 1))
+    if dev.get("type") == "cuda":
+        if not torch.cuda.is_available():
+            return f"the table was validated on {dev.get('slug')} (CUDA) and this machine has no CUDA device"
+        here = device_slug("cuda:0")
+    else:
+        here = device_slug("cpu", threads)
+    if dev.get("slug") and dev["slug"] != here:
+        return f"the table was validated on {dev['slug']}, this is {here}"
+    return None
+
+
+def measure_drift(table, *, warmup: int = 10, iterations: int = 100, rounds: int = 5,
+                  min_round_s: float = 1.0) -> dict:
+    """Time ``table``'s reference networks now, interleaved, at the table's statistic, runtime, threads and
+    deploy shape. Returns ``{"factor", "ratios", "now_ms", "then_ms", "statistic"}``: ``factor`` is the
+    median ratio now/then (> 1: the machine runs slower than at validation, and measured latencies now are
+    about ``factor`` x the table's calibrated predictions). Raises ValueError (``drift_problem``) when the
+    references cannot be timed here."""
+    from hwnas.latency.timing import Runner, measure_interleaved
+    from hwnas.latency.validate import table_runtime
+
+    why = drift_problem(table)
+    if why:
+        raise ValueError(f"{getattr(table, 'path', 'the table')}: cannot measure drift: {why}")
+    meta = table.meta
+    mode, provider = table_runtime(meta)
+    threads, res, batch = int(meta.get("threads", 1)), int(meta["resolution"]), int(meta.get("batch", 1))
+    device = "cuda:0" if (meta.get("device") or {}).get("type") == "cuda" else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    nets = reference_networks(table)
+    runners = [Runner(net, (batch, 3, res, res), backend=meta["backend"], device=device, threads=threads,
+                      dtype=meta.get("dtype", "fp32"), mode=mode, provider=provider) for net, _ in nets]
+    stats = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds, min_round_s=min_round_s)
+    stat = table.statistic
+    now, then = [float(s[stat]) for s in stats], [ms for _, ms in nets]
+    return {"factor": machine_factor(now, then), "ratios": [n / t for n, t in zip(now, then, strict=True)],
+            "now_ms": now, "then_ms": then, "statistic": stat}
