@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -526,6 +527,21 @@ def cmd_latency(args) -> int:
         print(f"{model.of_tokens(arch.layers):.3f} ms (calibrated; plain sum {raw:.3f} ms)")
     else:
         print(f"{model.of_tokens(arch.layers):.3f} ms")
+    factor = args.machine_factor
+    if factor is not None:
+        if factor == "auto":
+            from hwnas.latency.drift import measure_drift
+
+            factor = measure_drift(table)["factor"]
+        else:
+            try:
+                factor = float(factor)
+            except ValueError:
+                factor = float("nan")
+            if not (math.isfinite(factor) and factor > 0):
+                raise ValueError(f"--machine-factor {args.machine_factor!r}: give a positive number or auto")
+        print(f"{model.of_tokens(arch.layers) * factor:.3f} ms on this machine now (machine factor {factor:.3f}: the "
+              f"table's reference networks now / at its validation)")
     return 0
 
 
@@ -845,6 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--table", required=True)
     q.add_argument("--arch", required=True)
     q.add_argument("--breakdown", action="store_true")
+    q.add_argument("--machine-factor", default=None,
+                   help="also print the prediction on this machine now: a factor from `hwnas latency drift`, or auto")
     q.set_defaults(func=cmd_latency)
     return parser
 

@@ -108,3 +108,25 @@ def test_a_bad_machine_factor_is_refused(bad):
 
     with pytest.raises(ValueError, match="--machine-factor"):
         SearchConfig(latency_target="5ms", machine_factor=bad).validate()
+
+
+def test_predict_prints_the_prediction_on_this_machine_now(tmp_path, monkeypatch, capsys):
+    from hwnas.cli import main
+    from hwnas.latency.penalty import LatencyModel
+    from hwnas.latency.table import LatencyTable
+    from hwnas.latency.validate import sample_archs
+    from hwnas.spaces import Arch
+
+    _fake_timing(monkeypatch, lambda ms: ms * 0.8)
+    path = _table(tmp_path)
+    arch = Arch("proxyless", CFG, sample_archs(SPACE, CFG, 1, seed=9)[0])
+    arch.save(tmp_path / "arch.json")
+    want = LatencyModel(LatencyTable.load(path), SPACE, CFG).of_tokens(arch.layers)
+    for factor in ("auto", "0.8"):
+        assert main(["latency", "predict", "--table", str(path), "--arch", str(tmp_path / "arch.json"),
+                     "--machine-factor", factor]) == 0
+        out = capsys.readouterr().out
+        assert f"{want:.3f} ms" in out and f"{want * 0.8:.3f} ms on this machine now (machine factor 0.800" in out
+    assert main(["latency", "predict", "--table", str(path), "--arch", str(tmp_path / "arch.json"),
+                 "--machine-factor", "-2"]) == 2
+    assert "--machine-factor '-2'" in capsys.readouterr().err
