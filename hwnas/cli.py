@@ -587,9 +587,23 @@ def _latency_validate(args, table) -> int:
             state["bar"].close()
 
     if args.refit:
-        rep = refit(table, space, config, args.refit, choose_statistic=choose)
-        out = Path(args.refit)
-        print(f"refitted on the measurements in {out}/samples.csv (nothing measured again)")
+        src = Path(args.refit)
+        if args.no_store or args.out:  # leave the run (and the report beside a table) as it was
+            import shutil
+
+            out = Path(args.out or Path(args.runs) / f"{time.strftime('%Y%m%d-%H%M%S')}-refit-{space.name}")
+            if not (src / "samples.csv").exists():
+                raise FileNotFoundError(f"{src / 'samples.csv'} does not exist: --refit takes the directory of an "
+                                        "earlier validate run")
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("samples.csv", "report.json"):
+                if (src / name).exists() and (src / name).resolve() != (out / name).resolve():
+                    shutil.copyfile(src / name, out / name)
+        else:
+            out = src
+        rep = refit(table, space, config, out, choose_statistic=choose)
+        print(f"refitted on the measurements in {src}/samples.csv (nothing measured again)"
+              + (f"; {src} left as it was" if out != src else ""))
     else:
         rep = validate(table, space, config, out, samples=args.samples, seed=args.seed, iterations=args.iterations,
                        rounds=args.rounds, sampling=args.sampling, warmup=args.warmup, chunk=args.chunk,

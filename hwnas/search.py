@@ -156,6 +156,11 @@ class Search:
             self.range_ms = (fast, slow)
             self.target_ms = parse_target(cfg.latency_target, fast, slow)
             self.machine_factor = self._machine_factor(table)
+            cal = (getattr(table, "meta", None) or {}).get("calibration") or {}
+            if self.machine_factor is None and cal.get("references") and cal.get("date"):
+                log.info("the table's predictions describe this machine as it ran at its validation (%s); "
+                         "`hwnas latency drift --table %s` measures how it runs now", cal["date"][:10],
+                         getattr(table, "path", "T"))
             if self.machine_factor is not None and self.target_ms is not None \
                     and not str(cfg.latency_target).strip().endswith("%"):
                 log.info("target %.3f ms on this machine now = %.3f ms on the table's scale (machine factor %.3f)",

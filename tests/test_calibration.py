@@ -475,3 +475,26 @@ def test_tau_ceiling_is_the_tau_a_perfect_predictor_reaches_under_the_twins_nois
     rng = np.random.default_rng(7)
     direct = np.mean([kendall_tau(spread, spread * (1 + rng.normal(0, sigma, 50))) for _ in range(400)])
     assert tau_ceiling(spread, 0.05) == pytest.approx(direct, abs=0.02)
+
+
+def test_refit_no_store_leaves_the_run_and_the_table_as_they_were(tmp_path, monkeypatch):
+    """`--refit RUN --no-store` refits a copy (a new run directory, or --out): the earlier run's files and
+    the table's sidecar are byte for byte what they were; without --no-store the run is refitted in place."""
+    from hwnas.cli import main
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    path, plain = _two_statistic_table(tmp_path, space, cfg)
+    run = tmp_path / "run"
+    _chunked_run(run, sample_archs(space, cfg, 30, seed=2), plain, [1.0, 1.1, 0.9], [1.0, 1.0, 1.0])
+    before = {p.name: p.read_bytes() for p in (run / "samples.csv", run / "report.json", path.with_suffix(".json"))}
+    monkeypatch.chdir(tmp_path)
+    assert main(["latency", "validate", "--table", str(path), "--refit", str(run), "--no-store",
+                 "--statistic", "auto", "--runs", "elsewhere"]) == 0
+    after = {p.name: p.read_bytes() for p in (run / "samples.csv", run / "report.json", path.with_suffix(".json"))}
+    assert after == before
+    copies = list((tmp_path / "elsewhere").glob("*-refit-proxyless"))
+    assert len(copies) == 1 and json.loads((copies[0] / "report.json").read_text())["statistic_choice"]["chosen"]
+    assert main(["latency", "validate", "--table", str(path), "--refit", str(run), "--statistic", "auto"]) == 0
+    assert (run / "report.json").read_bytes() != before["report.json"]
+    assert json.loads(path.with_suffix(".json").read_text())["calibration"]["anchor_weight"] == 1.0
