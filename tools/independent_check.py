@@ -24,7 +24,7 @@ import numpy as np
 def _one(table_path: str, tokens: list[str], references: bool) -> dict:
     import torch
 
-    from hwnas.latency.reference import machine_factor, reference_networks
+    from hwnas.latency.drift import measure_drift
     from hwnas.latency.table import LatencyTable
     from hwnas.latency.timing import Runner, measure_interleaved
     from hwnas.latency.validate import table_runtime
@@ -47,11 +47,7 @@ def _one(table_path: str, tokens: list[str], references: bool) -> dict:
                                 rounds=5, min_round_s=1.0)[0][stat]
     out = {"measured_ms": alone}
     if references and (meta.get("calibration") or {}).get("references"):
-        refs = reference_networks(table)
-        then = [ms for _, ms in refs]
-        now = [s[stat] for s in measure_interleaved([runner(n) for n, _ in refs], warmup=10, iterations=50, rounds=5,
-                                                    min_round_s=1.0)]
-        out["drift"] = machine_factor(now, then)
+        out["drift"] = measure_drift(table, iterations=50)["factor"]
     return out
 
 
