@@ -160,6 +160,8 @@ def cmd_search(args) -> int:
         if not (run_dir / "config.json").exists():
             raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
         cfg = load_search_config(run_dir)
+        if args.opt:  # e.g. a run from before its method's defaults changed, whose config.json lacks them
+            cfg.options = {**cfg.options, **_parse_opts(args.opt)}
         resolve_device(cfg.device)
     else:
         train_device = resolve_device(args.device)
@@ -288,19 +290,25 @@ def _print_summary(search, s: dict) -> None:
 
 
 # -- export --------------------------------------------------------------------------------------
+def _arch_spec(args, verb: str) -> str:
+    """``--arch`` as given, or the latest finished search under ``--runs`` (said on stdout)."""
+    from hwnas.search import latest_run
+
+    if args.arch is not None:
+        return args.arch
+    latest = latest_run(args.runs)
+    if latest is None:
+        raise ValueError(f"no finished search under {args.runs}/ to {verb}; pass --arch RUN_DIR|arch.json|PRESET")
+    print(f"{'exporting' if verb == 'export' else 'training'} the latest run: {latest}")
+    return str(latest)
+
+
 def cmd_export(args) -> int:
     from hwnas.export import export, resolve_arch
-    from hwnas.search import latest_run
 
     if args.list_presets:
         return _list_presets()
-    spec = args.arch
-    if spec is None:
-        latest = latest_run(args.runs)
-        if latest is None:
-            raise ValueError(f"no finished search under {args.runs}/ to export; pass --arch RUN_DIR|arch.json|PRESET")
-        spec = str(latest)
-        print(f"exporting the latest run: {latest}")
+    spec = _arch_spec(args, "export")
     src = resolve_arch(spec)
     if args.onnx in (None, ""):
         onnx_path = (src.run_dir / "model.onnx") if src.run_dir else Path(f"{Path(spec).stem}.onnx")
@@ -423,18 +431,10 @@ def _list_presets() -> int:
 def cmd_train(args) -> int:
     from hwnas.device import resolve_device
     from hwnas.export import resolve_arch
-    from hwnas.search import latest_run
     from hwnas.train import train_child
 
     device = resolve_device(args.device)
-    spec = args.arch
-    if spec is None:
-        latest = latest_run(args.runs)
-        if latest is None:
-            raise ValueError(f"no finished search under {args.runs}/ to train; pass --arch RUN_DIR|arch.json|PRESET")
-        spec = str(latest)
-        print(f"training the latest run: {latest}")
-    src = resolve_arch(spec)
+    src = resolve_arch(_arch_spec(args, "train"))
     data, data_root, resolution = args.data, args.data_root, args.resolution
     searched = _run_data(src.run_dir)
     if data is None:  # a run directory trains on what it was searched on; anything else on digits

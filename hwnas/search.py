@@ -224,7 +224,9 @@ class Search:
             resolved = {**asdict(self.cfg), "deploy_config": self.deploy_config, "target_ms": self.target_ms,
                         "target_binds": self.binds, "range_ms": getattr(self, "range_ms", None),
                         "train_resolution": self.data.resolution, "num_classes": self.data.num_classes,
-                        "torch": torch.__version__}
+                        # every option the method ran with, defaults included: a resume rebuilds the same
+                        # supernet even after a default changes (proxyless's weights=shared, 2026-11-28)
+                        "method_options": dict(self.strategy.options), "torch": torch.__version__}
             atomic_write_text(path, json.dumps(resolved, indent=2) + "\n")
 
     def save_checkpoint(self) -> None:
@@ -241,7 +243,13 @@ class Search:
         self.epoch = state["epoch"]
         if self.strategy.restore_structure(state.get("structure")):
             self._make_weight_optimizer()
-        self.strategy.load_state_dict(state["strategy"])
+        try:
+            self.strategy.load_state_dict(state["strategy"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1].strip() if len(str(e).strip().splitlines()) > 1 else str(e)[:200]
+            raise ValueError(f"{self.run_dir}/checkpoint.pt does not fit the supernet built from its config.json "
+                             f"(another hwnas version, or a method option not recorded there: {first}); for a "
+                             f"proxyless run from before 2026-11-28 resume with --opt weights=separate") from None
         self.strategy.load_arch_optimizer_state(state["arch_opt"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.sched.load_state_dict(state["sched"])
@@ -451,4 +459,6 @@ def latest_run(root: str | os.PathLike) -> Path | None:
 
 def load_search_config(run_dir: str | os.PathLike) -> SearchConfig:
     d = json.loads((Path(run_dir) / "config.json").read_text())
+    if isinstance(d.get("method_options"), dict):  # resolved at the start: defaults of that day included
+        d["options"] = d["method_options"]
     return SearchConfig(**{k: v for k, v in d.items() if k in SearchConfig.__dataclass_fields__})

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from hwnas.latency.penalty import LatencyModel
 from hwnas.memory import activation_bytes
+from hwnas.mixed.shared_gate import SharedBinaryGatedOp
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.builder import build_child
 from hwnas.strategies import get_strategy
@@ -22,10 +23,13 @@ def make(target=None, space="proxyless", **opts):
 
 
 def count_calls(strategy):
+    """(layer, candidate) of every candidate run from now on (shared or separate weights alike)."""
     calls = []
     for li, op in enumerate(strategy.supernet.mixed):
-        for ci, cand in enumerate(op.candidates):
-            cand.register_forward_hook(lambda m, i, o, li=li, ci=ci: calls.append((li, ci)))
+        def path(j, x, li=li, run=op.path):
+            calls.append((li, j))
+            return run(j, x)
+        op.path = path
     return calls
 
 
@@ -41,16 +45,18 @@ def test_two_path_gradient_is_the_gradient_of_the_renormalized_expectation():
     assert got[[0, 2, 3, 5]].abs().sum() == 0 and got[[4, 1]].abs().sum() > 0
 
 
-def test_weight_step_runs_exactly_one_path_per_layer():
-    s, _ = make()
+@pytest.mark.parametrize("weights", ["shared", "separate"])
+def test_weight_step_runs_exactly_one_path_per_layer(weights):
+    s, _ = make(weights=weights)
     calls = count_calls(s)
     s.sample_weight_path()
     s.supernet(torch.randn(2, 3, 32, 32)).sum().backward()
     layers = [li for li, _ in calls]
     assert sorted(layers) == list(range(len(s.supernet.mixed)))
-    grads = [(li, ci) for li, op in enumerate(s.supernet.mixed) for ci, c in enumerate(op.candidates)
-             if any(p.grad is not None for p in c.parameters())]
-    assert set(grads) <= set(calls)  # only the active path gets weight gradients
+    if weights == "separate":
+        grads = [(li, ci) for li, op in enumerate(s.supernet.mixed) for ci, c in enumerate(op.candidates)
+                 if any(p.grad is not None for p in c.parameters())]
+        assert set(grads) <= set(calls)  # only the active path gets weight gradients
 
 
 def test_arch_step_runs_two_paths_and_keeps_unsampled_probabilities():
@@ -113,7 +119,7 @@ def test_weight_step_memory_is_one_path_not_all_candidates():
     def all_paths():
         h = s.supernet.first(s.supernet.stem(x))
         for op in s.supernet.mixed:
-            h = sum(c(h) for c in op.candidates) / len(op.candidates)
+            h = sum(op.path(j, h) for j in range(len(op))) / len(op)
         return F.cross_entropy(s.supernet.classifier(s.supernet.head(h)), y)
 
     every = activation_bytes(all_paths)
@@ -128,8 +134,9 @@ def test_one_weight_and_arch_step_on_every_space(space):
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4,))
     s.sample_weight_path()
     F.cross_entropy(s.supernet(x), y).backward()
-    active = [op.candidates[op.active] for op in s.supernet.mixed]
-    assert all(p.grad is not None for m in active for p in m.parameters())
+    active = [op.block if isinstance(op, SharedBinaryGatedOp) else op.candidates[op.active]
+              for op in s.supernet.mixed if op.tokens[op.active] != "skip"]
+    assert active and all(p.grad is not None for m in active for p in m.parameters())
     before = [a.detach().clone() for a in s.alpha]
     metrics = s.arch_step(x, y)
     assert metrics["expected_latency_ms"] > 0 and metrics["arch_loss"] > 0

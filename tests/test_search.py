@@ -92,3 +92,41 @@ def test_train_from_scratch_learns_digits(tmp_path):
     result = train_child(arch, tmp_path, epochs=4, batch_size=32, lr=0.05)
     assert result["test_acc"] > 0.6 and result["val_acc"] > 0.6
     assert (tmp_path / "trained.pt").exists() and (tmp_path / "train.json").exists()
+
+
+def test_resume_rebuilds_the_supernet_the_run_started_with(tmp_path, monkeypatch):
+    """config.json records every method option, defaults included, so a resume builds the same supernet
+    after a default changes; a checkpoint that does not fit (a run from before the record) is refused in
+    one line that says how to resume it."""
+    from hwnas.search import load_search_config
+
+    run = tmp_path / "run"
+    s = Search(cfg(epochs=3, latency_target="60%", options={"weights": "separate"}), run, table=table_fn)
+    original = Search._epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(self, bar):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, bar)
+
+    monkeypatch.setattr(Search, "_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        s.run()
+    monkeypatch.setattr(Search, "_epoch", original)
+    recorded = json.loads((run / "config.json").read_text())["method_options"]
+    assert recorded["weights"] == "separate" and recorded["arch_lr"] == 1e-3  # a default, recorded
+    assert load_search_config(run).options == recorded
+
+    old = json.loads((run / "config.json").read_text())  # a run written before method_options existed
+    del old["method_options"]
+    old["options"] = {}
+    (run / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"checkpoint.pt does not fit the supernet .* --opt weights=separate"):
+        Search(load_search_config(run), run, table=table_fn).run()
+    resumed_cfg = load_search_config(run)
+    resumed_cfg.options = {"weights": "separate"}  # what `hwnas search --resume RUN --opt weights=separate` does
+    resumed = Search(resumed_cfg, run, table=table_fn)
+    resumed.run()
+    assert resumed.epoch == 3 and [r["epoch"] for r in resumed.history] == [1, 2, 3]

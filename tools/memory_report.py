@@ -49,7 +49,7 @@ def main() -> None:
     def all_paths_step():
         h = net.first(net.stem(x))
         for op in net.mixed:
-            h = sum(c(h) for c in op.candidates) / len(op.candidates)
+            h = sum(op.path(j, h) for j in range(len(op))) / len(op)
         F.cross_entropy(net.classifier(net.head(h)), y).backward()
 
     n_cand = sum(len(op) for op in net.mixed) / len(net.mixed)

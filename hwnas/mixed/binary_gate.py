@@ -28,10 +28,14 @@ class BinaryGatedOp(MixedOp):
         self.gated_paths: tuple[int, ...] | None = None
         self.gates: torch.Tensor | None = None
 
+    def path(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """The output of candidate ``j`` alone, ``o_j(x)``."""
+        return self.candidates[j](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated_paths is None:
             self.gates = None
-            return self.candidates[self.active](x)
+            return self.path(self.active, x)
         if self.active not in self.gated_paths:
             raise RuntimeError("the active path must be one of the gated paths")
         gates = torch.tensor([1.0 if j == self.active else 0.0 for j in self.gated_paths],
@@ -39,6 +43,6 @@ class BinaryGatedOp(MixedOp):
         self.gates = gates
         out = None
         for g, j in zip(gates, self.gated_paths):
-            term = g * self.candidates[j](x)
+            term = g * self.path(j, x)
             out = term if out is None else out + term
         return out

@@ -51,15 +51,7 @@ class SuperkernelOp(MixedOp):
 
     @classmethod
     def build(cls, tokens, make) -> "SuperkernelOp":
-        ops = [parse_token(t) for t in tokens if t != SKIP]
-        kernels = tuple(sorted({o.kernel for o in ops}))
-        expands = tuple(sorted({o.expand for o in ops}))
-        grid = {(k, e) for k in kernels for e in expands}
-        if (any(o.groups != 1 for o in ops) or {(o.kernel, o.expand) for o in ops} != grid
-                or kernels != KERNELS[:len(kernels)] or expands not in ((3,), (6,), (3, 6))):
-            raise ValueError(
-                f"Single-Path NAS needs layers whose candidates are a kernel x expansion grid "
-                f"(k3[/k5[/k7]] x e3/e6, optionally skip); this layer has {', '.join(tokens)}")
+        kernels, expands = grid_of(tokens, "Single-Path NAS")
         block = make(f"k{kernels[-1]}e{expands[-1]}")
         return cls(tuple(tokens), block, kernels, expands)
 
@@ -150,23 +142,46 @@ class SuperkernelOp(MixedOp):
     # -- the child's weights ------------------------------------------------------------------------
     def child_state_dict(self, token: str) -> dict[str, torch.Tensor]:
         """The weights of the plain child layer ``token`` (an MBConv's state dict; empty for skip)."""
-        if token == SKIP:
-            return {}
-        o = parse_token(token)
-        mid = self.block.body[1][0].weight.shape[0] * o.expand // self.expands[-1]
-        off = (self.k_max - o.kernel) // 2
-        out = {}
-        for name, v in self.block.state_dict().items():
-            if v.dim() == 0:
-                out[name] = v
-            elif name.startswith("body.0."):
-                out[name] = v[:mid]
-            elif name == "body.1.0.weight":
-                out[name] = v[:mid, :, off:off + o.kernel, off:off + o.kernel]
-            elif name.startswith("body.1."):
-                out[name] = v[:mid]
-            elif name == "body.2.0.weight":
-                out[name] = v[:, :mid]
-            else:
-                out[name] = v
-        return {k: t.clone() for k, t in out.items()}
+        return crop_child_state(self.block, token, self.k_max, self.expands[-1])
+
+
+def grid_of(tokens, method: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(kernels, expands)`` of a layer whose candidates are a kernel x expansion grid (k3[/k5[/k7]] x
+    e3/e6, optionally skip), the layers whose candidates can be cut out of one ``k{max}e{max}`` MBConv;
+    ValueError naming the candidates otherwise."""
+    ops = [parse_token(t) for t in tokens if t != SKIP]
+    kernels = tuple(sorted({o.kernel for o in ops}))
+    expands = tuple(sorted({o.expand for o in ops}))
+    grid = {(k, e) for k in kernels for e in expands}
+    if (not ops or any(o.groups != 1 for o in ops) or {(o.kernel, o.expand) for o in ops} != grid
+            or kernels != KERNELS[:len(kernels)] or expands not in ((3,), (6,), (3, 6))):
+        raise ValueError(
+            f"{method} needs layers whose candidates are a kernel x expansion grid "
+            f"(k3[/k5[/k7]] x e3/e6, optionally skip); this layer has {', '.join(tokens)}")
+    return kernels, expands
+
+
+def crop_child_state(block: nn.Module, token: str, k_max: int, e_max: int) -> dict[str, torch.Tensor]:
+    """The state dict of the plain MBConv ``token`` cut out of ``block``, the ``k{k_max}e{e_max}`` MBConv
+    holding a grid's weights: the centre ``k x k`` of the depthwise kernel and the first ``mid``
+    expansion channels (with their BatchNorm entries); empty for skip."""
+    if token == SKIP:
+        return {}
+    o = parse_token(token)
+    mid = block.body[1][0].weight.shape[0] * o.expand // e_max
+    off = (k_max - o.kernel) // 2
+    out = {}
+    for name, v in block.state_dict().items():
+        if v.dim() == 0:
+            out[name] = v
+        elif name.startswith("body.0."):
+            out[name] = v[:mid]
+        elif name == "body.1.0.weight":
+            out[name] = v[:mid, :, off:off + o.kernel, off:off + o.kernel]
+        elif name.startswith("body.1."):
+            out[name] = v[:mid]
+        elif name == "body.2.0.weight":
+            out[name] = v[:, :mid]
+        else:
+            out[name] = v
+    return {k: t.clone() for k, t in out.items()}

@@ -14,6 +14,11 @@
   (hwnas.latency.penalty.latency_loss), plus the shared latency multiplier with a target
   (hwnas.latency.multiplier). Defaults are the released code's: Adam lr 1e-3,
   betas (0, 0.999), eps 1e-8, no weight decay; mul#log alpha 0.2 beta 0.3; add#linear lambda 0.1.
+- Option ``weights``: ``shared`` (default) cuts the candidates of every kernel x expansion layer out of
+  one MBConv (``SharedBinaryGatedOp``: Once-for-All's elastic kernel and width), ``separate`` gives
+  every candidate its own weights as the paper does. On a small proxy the separate-weight supernet
+  does not learn in a search's few hundred steps (README, "Known limits"); gates, sampling and eq. 4
+  are the same either way.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.mixed.binary_gate import BinaryGatedOp
+from hwnas.mixed.shared_gate import SharedBinaryGatedOp
 from hwnas.strategies.base import Strategy, register
 
 
@@ -40,7 +46,19 @@ def two_path_alpha_grad(alpha: torch.Tensor, pair: tuple[int, ...], gate_grad: t
 class ProxylessNAS(Strategy):
     name = "proxyless"
     mixed_op = BinaryGatedOp
-    defaults = {"arch_lr": 1e-3, "loss": "mul#log", "loss_params": None, "target_step": 0.05}
+    defaults = {"arch_lr": 1e-3, "loss": "mul#log", "loss_params": None, "target_step": 0.05, "weights": "shared"}
+    WEIGHTS = {"shared": SharedBinaryGatedOp, "separate": BinaryGatedOp}
+
+    @classmethod
+    def make_supernet(cls, space, config, resolution, num_classes, **kwargs):
+        weights = kwargs.get("weights", cls.defaults["weights"])
+        if weights not in cls.WEIGHTS:
+            raise ValueError(f"method {cls.name!r}: weights must be one of {', '.join(cls.WEIGHTS)}, got {weights!r}")
+        cls.mixed_op = cls.WEIGHTS[weights]
+        try:
+            return super().make_supernet(space, config, resolution, num_classes, **kwargs)
+        finally:
+            cls.mixed_op = BinaryGatedOp
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
         super().__init__(supernet, latency, target_ms, **options)
