@@ -246,7 +246,8 @@ class Search:
         try:
             self.strategy.load_state_dict(state["strategy"])
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[1].strip() if len(str(e).strip().splitlines()) > 1 else str(e)[:200]
+            lines = str(e).strip().splitlines()  # "Error(s) in loading state_dict ...:", then the mismatches
+            first = lines[min(1, len(lines) - 1)].strip()[:200]
             raise ValueError(f"{self.run_dir}/checkpoint.pt does not fit the supernet built from its config.json "
                              f"(another hwnas version, or a method option not recorded there: {first}); for a "
                              f"proxyless run from before 2026-11-28 resume with --opt weights=separate") from None

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.mixed.binary_gate import BinaryGatedOp
-from hwnas.mixed.superkernel import crop_child_state, grid_of
-from hwnas.spaces.tokens import SKIP, parse_token
+from hwnas.mixed.superkernel import candidate_cut, crop_child_state, grid_of
+from hwnas.spaces.tokens import SKIP
 
 
 def sliced_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -41,13 +41,11 @@ class SharedBinaryGatedOp(BinaryGatedOp):
     """Binary-gated candidates cut out of one MBConv, ``block`` (see the module docstring); it has no
     ``candidates`` modules: ``path(j, x)`` runs candidate ``j``."""
 
-    def __init__(self, tokens: tuple[str, ...], block: nn.Module, kernels: tuple[int, ...],
-                 expands: tuple[int, ...]):
+    def __init__(self, tokens: tuple[str, ...], block: nn.Module, k_max: int, e_max: int):
         nn.Module.__init__(self)
         self.tokens = tuple(tokens)
         self.block = block
-        self.kernels, self.expands = kernels, expands
-        self.k_max, self.e_max = max(kernels), max(expands)
+        self.k_max, self.e_max = k_max, e_max
         self.active = 0
         self.gated_paths: tuple[int, ...] | None = None
         self.gates: torch.Tensor | None = None
@@ -55,8 +53,8 @@ class SharedBinaryGatedOp(BinaryGatedOp):
         for conv, bn in ((expand[0], expand[1]), (dw[0], dw[1]), (project[0], project[1])):
             if conv.bias is not None or not bn.track_running_stats or not bn.affine:
                 raise ValueError("shared candidate weights need bias-free convs and affine BatchNorm with running statistics")
-        self.mid = dw[0].weight.shape[0]
-        self._shape = {t: self._cut(t) for t in self.tokens}
+        mid_max = dw[0].weight.shape[0]
+        self._cuts = [candidate_cut(t, k_max, e_max, mid_max) for t in self.tokens]
 
     @classmethod
     def build(cls, tokens, make) -> BinaryGatedOp:
@@ -67,17 +65,10 @@ class SharedBinaryGatedOp(BinaryGatedOp):
         block = make(f"k{kernels[-1]}e{expands[-1]}")
         if SKIP in tokens and not block.use_residual:  # a projecting skip is a module of its own
             return BinaryGatedOp.build(tokens, make)
-        return cls(tuple(tokens), block, kernels, expands)
-
-    def _cut(self, token: str) -> tuple[int, int, int] | None:
-        """(kernel, first ring offset, channels) of ``token`` inside ``block``; None for skip."""
-        if token == SKIP:
-            return None
-        o = parse_token(token)
-        return o.kernel, (self.k_max - o.kernel) // 2, self.mid * o.expand // self.e_max
+        return cls(tuple(tokens), block, kernels[-1], expands[-1])
 
     def path(self, j: int, x: torch.Tensor) -> torch.Tensor:
-        cut = self._shape[self.tokens[j]]
+        cut = self._cuts[j]
         if cut is None:  # skip: the block is dropped, its residual stays (ProxylessNAS's zero op)
             return x
         k, off, mid = cut

@@ -161,15 +161,23 @@ def grid_of(tokens, method: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return kernels, expands
 
 
+def candidate_cut(token: str, k_max: int, e_max: int, mid_max: int) -> tuple[int, int, int] | None:
+    """Where candidate ``token`` sits in a ``k{k_max}e{e_max}`` MBConv with ``mid_max`` expansion channels:
+    ``(kernel, offset of its centre kernel, expansion channels)``; None for skip."""
+    if token == SKIP:
+        return None
+    o = parse_token(token)
+    return o.kernel, (k_max - o.kernel) // 2, mid_max * o.expand // e_max
+
+
 def crop_child_state(block: nn.Module, token: str, k_max: int, e_max: int) -> dict[str, torch.Tensor]:
     """The state dict of the plain MBConv ``token`` cut out of ``block``, the ``k{k_max}e{e_max}`` MBConv
     holding a grid's weights: the centre ``k x k`` of the depthwise kernel and the first ``mid``
     expansion channels (with their BatchNorm entries); empty for skip."""
-    if token == SKIP:
+    cut = candidate_cut(token, k_max, e_max, block.body[1][0].weight.shape[0])
+    if cut is None:
         return {}
-    o = parse_token(token)
-    mid = block.body[1][0].weight.shape[0] * o.expand // e_max
-    off = (k_max - o.kernel) // 2
+    k, off, mid = cut
     out = {}
     for name, v in block.state_dict().items():
         if v.dim() == 0:
@@ -177,7 +185,7 @@ def crop_child_state(block: nn.Module, token: str, k_max: int, e_max: int) -> di
         elif name.startswith("body.0."):
             out[name] = v[:mid]
         elif name == "body.1.0.weight":
-            out[name] = v[:mid, :, off:off + o.kernel, off:off + o.kernel]
+            out[name] = v[:mid, :, off:off + k, off:off + k]
         elif name.startswith("body.1."):
             out[name] = v[:mid]
         elif name == "body.2.0.weight":

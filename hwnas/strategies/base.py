@@ -108,12 +108,18 @@ class Strategy(nn.Module, metaclass=ABCMeta):
         return cls(cls.make_supernet(space, config, resolution, num_classes, **kwargs), **kwargs)
 
     @classmethod
+    def mixed_op_for(cls, **options) -> type[MixedOp]:
+        """The mixed op class the supernet is built of, given the method's options (default ``mixed_op``)."""
+        return cls.mixed_op
+
+    @classmethod
     def make_supernet(cls, space, config: dict, resolution: int, num_classes: int, **kwargs) -> nn.Module:
+        op = cls.mixed_op_for(**kwargs)
         if getattr(space, "kind", "chain") == "cell":
             from hwnas.mixed.cell_supernet import CellSupernet
 
-            return CellSupernet(space, config, cls.mixed_op, resolution, num_classes)
-        return ChainSupernet(space, config, cls.mixed_op, resolution, num_classes)
+            return CellSupernet(space, config, op, resolution, num_classes)
+        return ChainSupernet(space, config, op, resolution, num_classes)
 
     # -- reading the architecture -------------------------------------------------------------
     def probabilities(self) -> list[torch.Tensor]:

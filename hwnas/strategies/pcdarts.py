@@ -39,16 +39,11 @@ class PCDARTS(DARTS):
     defaults = {**DARTS.defaults, "arch_lr": 6e-4, "k": 4}
 
     @classmethod
-    def make_supernet(cls, space, config, resolution, num_classes, **kwargs):
-        k = int(kwargs.get("k", cls.defaults["k"]))
+    def mixed_op_for(cls, **options):
+        k = int(options.get("k", cls.defaults["k"]))
         if k < 1:
             raise ValueError(f"method 'pcdarts': k must be a positive integer, got {k}")
-        op = type(f"PartialChannelOp{k}", (PartialChannelOp,), {"K": k})
-        cls.mixed_op = op
-        try:
-            return super().make_supernet(space, config, resolution, num_classes, **kwargs)
-        finally:
-            cls.mixed_op = PartialChannelOp
+        return type(f"PartialChannelOp{k}", (PartialChannelOp,), {"K": k})
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
         has_edges = getattr(supernet, "kind", "chain") == "cell"

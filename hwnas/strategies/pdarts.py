@@ -46,7 +46,7 @@ class PDARTS(DARTS):
     @classmethod
     def make_supernet(cls, space, config, resolution, num_classes, **kwargs):
         depths = kwargs.get("depths", cls.defaults["depths"])
-        return CellSupernet(space, config, cls.mixed_op, resolution, num_classes, layers=int(depths[0]),
+        return CellSupernet(space, config, cls.mixed_op_for(**kwargs), resolution, num_classes, layers=int(depths[0]),
                             skip_dropout=True)
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
@@ -97,7 +97,7 @@ class PDARTS(DARTS):
         device = next(old.parameters()).device
         choices = [tuple(OPS[j] for j in k) for k in kept]
         res = old.resolution
-        self.supernet = CellSupernet(old.space, old.config, self.mixed_op, res, old.config["num_classes"],
+        self.supernet = CellSupernet(old.space, old.config, self.mixed_op_for(**self.options), res, old.config["num_classes"],
                                      layers=int(self.options["depths"][stage]), choices=choices,
                                      skip_dropout=True).to(device)
         for i in range(len(kept)):

@@ -50,15 +50,11 @@ class ProxylessNAS(Strategy):
     WEIGHTS = {"shared": SharedBinaryGatedOp, "separate": BinaryGatedOp}
 
     @classmethod
-    def make_supernet(cls, space, config, resolution, num_classes, **kwargs):
-        weights = kwargs.get("weights", cls.defaults["weights"])
+    def mixed_op_for(cls, **options):
+        weights = options.get("weights", cls.defaults["weights"])
         if weights not in cls.WEIGHTS:
             raise ValueError(f"method {cls.name!r}: weights must be one of {', '.join(cls.WEIGHTS)}, got {weights!r}")
-        cls.mixed_op = cls.WEIGHTS[weights]
-        try:
-            return super().make_supernet(space, config, resolution, num_classes, **kwargs)
-        finally:
-            cls.mixed_op = BinaryGatedOp
+        return cls.WEIGHTS[weights]
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
         super().__init__(supernet, latency, target_ms, **options)
