@@ -33,9 +33,11 @@ import torch.nn.functional as F
 
 from hwnas.export import ArchSource, export
 from hwnas.fsio import atomic_write_text
-from hwnas.latency.constraint import most_probable_cell_within, most_probable_within
 from hwnas.memory import activation_bytes
-from hwnas.search import LOWER_FRACTION, NullProgress, Search, SearchConfig
+from hwnas.api import build_search
+from hwnas.objective import LOWER_FRACTION
+from hwnas.search import NullProgress, Search, SearchConfig
+from hwnas.selection import RandomSelector
 from hwnas.spaces import Arch
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.strategies import get_strategy
@@ -66,7 +68,8 @@ class CompareConfig:
     device: str = "cpu"
     # every method's own architecture learning rate times this: a short search on small data takes few
     # architecture steps (digits: ~25 an epoch at batch 32, where DARTS on CIFAR-10 takes ~20k in all), and
-    # at the papers' rates the alphas barely leave uniform (softmax 0.122-0.128 after 3 epochs of darts)
+    # at the papers' rates the alphas barely leave uniform (measurements: docs/measurements.md, 'Architecture
+    # learning rate on a short search')
     arch_lr_scale: float = 1.0
 
 
@@ -127,7 +130,7 @@ def step_costs(search: Search, tokens: list[str]) -> dict:
             return loss
         return step
 
-    largest = search.slowest if search.latency is not None else [max(c) for c in s.supernet.choices]
+    largest = search.latency.extremes()[1][1] if search.latency is not None else [max(c) for c in s.supernet.choices]
     children = {}
     for name, layers in (("child", tokens), ("largest", largest)):
         model = build_child(Arch(search.cfg.space, search.deploy_config, layers), resolution=search.data.resolution)
@@ -139,22 +142,16 @@ def step_costs(search: Search, tokens: list[str]) -> dict:
 
 
 def random_archs_in_window(search: Search, n: int, seed: int) -> list[list[str]]:
-    """``n`` distinct random architectures with predicted latency in [0.9 T, T]: random per-layer
-    scores, then the best-scoring architecture in the window (the derivation every method uses)."""
-    rng = np.random.default_rng(seed)
-    lat = search.latency
-    layers = [lat.layer(i).double().cpu().numpy() for i in range(lat.num_layers)]
-    out, seen, tries = [], set(), 0
-    while len(out) < n and tries < 50 * n:
-        tries += 1
-        scores = [rng.gumbel(size=len(v)) for v in layers]
-        if lat.groups is not None:  # a cell space: random genotypes, two edges per node
-            idx = most_probable_cell_within(scores, layers, lat.fixed_ms, LOWER_FRACTION * search.target_ms,
-                                            search.target_ms, lat.groups, keep=lat.keep)
-        else:
-            idx = most_probable_within(scores, layers, lat.fixed_ms, LOWER_FRACTION * search.target_ms,
-                                       search.target_ms)
-        tokens = [lat.choices[i][j] for i, j in enumerate(idx)]
+    """``n`` distinct architectures of random search in the target's window ``[0.9 T, T]``
+    (``hwnas.selection.RandomSelector``: random per-decision scores, then the best-scoring architecture in
+    the window, the derivation every method uses); fewer if 50 n proposals hold fewer distinct ones."""
+    selector = RandomSelector(search.space, search.deploy_config, seed, latency=search.latency,
+                              window=(search.target.lower_ms, search.target_ms))
+    out, seen = [], set()
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        tokens = selector.ask()
         if tuple(tokens) not in seen:
             seen.add(tuple(tokens))
             out.append(tokens)
@@ -178,15 +175,12 @@ def _finish_entry(row: dict, arch: Arch, run_dir: Path, cfg: CompareConfig, tabl
     row.update({"test_acc": trained["test_acc"], "params": trained["params"],
                 "macs": count_macs(build_child(arch), (1, 3, res, res)), "predicted_ms": rep.predicted_ms,
                 "measured_ms": rep.measured_ms[stat], "compensated_ms": rep.compensated_ms,
-                "machine_factor": rep.machine_factor, "measurement_notes": rep.notes, "arch": " ".join(arch.layers)})
+                "machine_factor": rep.machine_factor, "measurement_notes": rep.notes,
+                "arch": arch.space_obj.describe(arch.layers), **arch.space_obj.figures(arch.layers)})
     # against the prediction: the measurement on the machine the table describes (drift-compensated by the
     # table's reference networks) where it has them, else the raw measurement
     held = rep.compensated_ms if rep.compensated_ms is not None else row["measured_ms"]
     row["measured_vs_predicted"] = held / row["predicted_ms"] - 1 if row["predicted_ms"] else None
-    if arch.is_cell:  # the DARTS collapse: how many of the normal cell's 8 kept edges are skip-connects
-        normal = arch.space_obj.genotype(arch.layers)["normal"]
-        row["normal_skip_share"] = sum(op == "skip_connect" for op, _ in normal) / len(normal)
-        row["arch"] = arch.space_obj.describe(arch.layers)
     return row
 
 
@@ -232,7 +226,7 @@ def compare(cfg: CompareConfig, out_dir: str | os.PathLike, table_for, progress=
                             epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size,
                             device=cfg.device, latency_target=cfg.latency_target, config=dict(cfg.config),
                             options=_scaled_arch_lr(method, cfg.arch_lr_scale))
-        search = Search(scfg, out / method, table=table_once, progress=progress or NullProgress)
+        search = build_search(scfg, out / method, table=table_once, progress=progress or NullProgress)
         if (out / method / "entry.json").exists():  # finished in an earlier, interrupted compare
             rows.append(json.loads((out / method / "entry.json").read_text()))
             template = template or search

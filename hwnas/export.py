@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwnas.latency.measure.timing import CallRunner, Runner, measure_interleaved, random_inputs
 from hwnas.latency.reference import machine_factor, reference_networks, unusable
-from hwnas.latency.timing import CallRunner, Runner, export_onnx_bytes, measure_interleaved, ort_session, random_inputs
+from hwnas.onnx import export_onnx_bytes, ort_session
 from hwnas.spaces import Arch, ArchError
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.spaces.presets import PRESETS
@@ -166,7 +167,7 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
             report.machine_factor = machine_factor(now, then)
             report.compensated_ms = report.measured_ms[stat] / report.machine_factor
     if table is not None:
-        from hwnas.latency.penalty import LatencyModel
+        from hwnas.latency.predictor import LatencyModel
 
         report.predicted_ms = LatencyModel(table, src.arch.space_obj, src.arch.config).of_tokens(src.arch.layers)
         report.table = str(table.path) if getattr(table, "path", None) else None

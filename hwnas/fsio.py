@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_text"]
 
 
 def _umask() -> int:
@@ -44,3 +44,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` into a temp file next to ``path``, then ``os.replace`` it over ``path`` (checkpoints,
+    inherited and trained weights)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -26,17 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from hwnas.data import load_data, make_loaders
-from hwnas.latency.constraint import check_target, most_probable_cell_within, most_probable_within, parse_target
-from hwnas.latency.penalty import LatencyModel
-from hwnas.spaces import Arch, atomic_write_text, get_space
-from hwnas.strategies import get_strategy
+from hwnas.data import DataSplits, make_loaders
+from hwnas.latency.predictor import LatencyModel
+from hwnas.objective import Target, parse_machine_factor
+from hwnas.plots import plot_arch_history
+from hwnas.runs import atomic_torch_save, atomic_write_text
+from hwnas.selection.evaluate import evaluate_path
+from hwnas.spaces import Arch
+from hwnas.spaces.base import Space
+from hwnas.strategies import DeriveContext, get_strategy
 
 log = logging.getLogger("hwnas.search")
-
-LOWER_FRACTION = 0.9  # a binding target is met in [0.9 T, T]
 
 
 @dataclass
@@ -69,15 +70,19 @@ class SearchConfig:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup-epochs < epochs (got {self.epochs}, {self.warmup_epochs})")
         if self.batch_size < 1 or self.arch_every < 1:
             raise ValueError("batch size and --arch-every must be positive")
-        f = self.machine_factor
-        if f is not None and f != "auto":
-            try:
-                ok = np.isfinite(float(f)) and float(f) > 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ValueError(f"--machine-factor {f!r}: give a positive number (this machine's speed now / at the "
-                                 "table's validation, from `hwnas latency drift`) or auto")
+        parse_machine_factor(self.machine_factor)
+
+
+@dataclass
+class SearchInputs:
+    """What a ``Search`` is built from, resolved beforehand (``hwnas.api.prepare_search``): the data, the
+    space and its deploy config, the latency model (None: accuracy alone) and the target."""
+
+    data: DataSplits
+    space: Space
+    deploy_config: dict
+    latency: LatencyModel | None = None
+    target: Target = field(default_factory=Target)
 
 
 class NullProgress:
@@ -93,85 +98,21 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, loader, device, batches: int = 8) -> None:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` training batches (cumulative
-    average, train mode, no gradients). A path inside a supernet is trained under inputs produced by
-    many other paths, and its running statistics lag fast-moving weights: evaluating it without
-    recalibration measures stale statistics, not the path (SPOS and OFA recalibrate for the same
-    reason)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    for i, (x, _) in enumerate(loader):
-        if i >= batches:
-            break
-        model(x.to(device))
-    for m, (momentum, _) in zip(bns, saved):
-        m.momentum = momentum
-    model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate_path(strategy, tokens: list[str], loader, device, calibration_loader=None) -> float:
-    """Top-1 accuracy of one child inside the supernet, its BN statistics recalibrated first on
-    ``calibration_loader`` (training data) when given."""
-    strategy.set_eval_path(tokens)
-    if calibration_loader is not None:
-        recalibrate_bn(strategy.supernet, calibration_loader, device)
-    strategy.supernet.eval()
-    correct = total = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        correct += int((strategy.supernet(x).argmax(1) == y).sum())
-        total += len(y)
-    strategy.supernet.train()
-    return correct / max(total, 1)
-
-
 class Search:
-    """One search run. ``table`` is a LatencyTable of the deploy shape, a callable
-    ``(space, deploy_config) -> LatencyTable | None`` that finds or profiles one once the data's class
-    count is known, or None (accuracy only)."""
+    """One search run of ``cfg`` into ``run_dir`` on ``inputs`` (``hwnas.api.build_search`` resolves
+    them from a config and a table). It never profiles or times anything: the latency model and the
+    target arrive resolved."""
 
-    def __init__(self, cfg: SearchConfig, run_dir: str | os.PathLike, table=None, progress=NullProgress):
+    def __init__(self, cfg: SearchConfig, run_dir: str | os.PathLike, inputs: SearchInputs, progress=NullProgress):
         cfg.validate()
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.device = torch.device(cfg.device)
-        _seed_all(cfg.seed)
-        self.data = load_data(cfg.data, root=cfg.data_root, seed=cfg.seed, resolution=cfg.train_resolution)
-        self.space = get_space(cfg.space)
-        self.deploy_config = self.space.resolve_config({**cfg.config, "num_classes": self.data.num_classes})
-        if callable(table):
-            table = table(self.space, self.deploy_config)
-        self.latency = LatencyModel(table, self.space, self.deploy_config) if table is not None else None
-        self.target_ms, self.binds = None, False
-        self.machine_factor = None
-        if self.latency is not None:
-            (fast, self.fastest), (slow, self.slowest) = self.latency.extremes()
-            self.range_ms = (fast, slow)
-            self.target_ms = parse_target(cfg.latency_target, fast, slow)
-            self.machine_factor = self._machine_factor(table)
-            cal = (getattr(table, "meta", None) or {}).get("calibration") or {}
-            if self.machine_factor is None and cal.get("references") and cal.get("date"):
-                log.info("the table's predictions describe this machine as it ran at its validation (%s); "
-                         "`hwnas latency drift --table %s` measures how it runs now", cal["date"][:10],
-                         getattr(table, "path", "T"))
-            if self.machine_factor is not None and self.target_ms is not None \
-                    and not str(cfg.latency_target).strip().endswith("%"):
-                log.info("target %.3f ms on this machine now = %.3f ms on the table's scale (machine factor %.3f)",
-                         self.target_ms, self.target_ms / self.machine_factor, self.machine_factor)
-                self.target_ms /= self.machine_factor
-            self.binds = check_target(self.target_ms, fast, slow, f" {cfg.space!r} on this table")
-        elif cfg.latency_target is not None:
-            raise ValueError("a latency target needs a latency table")
+        self.data, self.space, self.deploy_config = inputs.data, inputs.space, inputs.deploy_config
+        self.latency, self.target = inputs.latency, inputs.target
+        _seed_all(cfg.seed)  # the supernet's initialization does not depend on what was profiled before
         strategy_cls = get_strategy(cfg.method)
         self.strategy = strategy_cls.build(self.space, self.deploy_config, self.data.resolution, self.data.num_classes,
-                                           latency=self.latency, target_ms=self.target_ms if self.binds else None,
+                                           latency=self.latency, target_ms=self.target.binding_ms,
                                            **cfg.options).to(self.device)
         self.strategy.num_epochs = cfg.epochs
         self._make_weight_optimizer()
@@ -179,20 +120,22 @@ class Search:
         self.epoch = 0
         self.history: list[dict] = []
 
-    def _machine_factor(self, table) -> float | None:
-        """The configured machine factor; ``auto`` times the table's reference networks now
-        (``hwnas.latency.drift``) and records the figure in the config, so a resumed run keeps its target."""
-        f = self.cfg.machine_factor
-        if f is None:
-            return None
-        if f == "auto":
-            from hwnas.latency.drift import measure_drift
+    # the resolved target, as the rest of the package reads it
+    @property
+    def target_ms(self) -> float | None:
+        return self.target.target_ms
 
-            d = measure_drift(table)
-            log.info("machine factor %.3f: the table's reference networks run %s x their latency at validation",
-                     d["factor"], " / ".join(f"{r:.2f}" for r in d["ratios"]))
-            self.cfg.machine_factor = f = d["factor"]
-        return float(f)
+    @property
+    def binds(self) -> bool:
+        return self.target.binds
+
+    @property
+    def range_ms(self) -> tuple[float, float] | None:
+        return self.target.range_ms
+
+    @property
+    def machine_factor(self) -> float | None:
+        return self.target.machine_factor
 
     def _make_weight_optimizer(self) -> None:
         """SGD on the supernet's weights with a cosine schedule to the end of the run (made again when a
@@ -204,28 +147,17 @@ class Search:
 
     # -- run directory -------------------------------------------------------------------------
     def describe_target(self) -> str:
-        if self.latency is None:
-            return "no latency table: searching for accuracy alone"
-        lo, hi = self.range_ms
-        rng = f"space {self.cfg.space!r} spans {lo:.2f}-{hi:.2f} ms on this table"
-        if self.target_ms is None:
-            return f"no latency target: searching for accuracy alone ({rng})"
-        if not self.binds:
-            return (f"latency target {self.target_ms:.2f} ms does not bind: every architecture is faster "
-                    f"({rng}); searching for accuracy alone")
-        now = (f" on the table's scale, {self.target_ms * self.machine_factor:.2f} ms on this machine now"
-               if self.machine_factor is not None else "")
-        return f"latency target {self.target_ms:.2f} ms{now} ({rng}); derived architecture kept in " \
-               f"[{LOWER_FRACTION * self.target_ms:.2f}, {self.target_ms:.2f}] ms"
+        return self.target.describe(self.cfg.space)
 
     def _write_config(self) -> None:
         path = self.run_dir / "config.json"
         if not path.exists():
             resolved = {**asdict(self.cfg), "deploy_config": self.deploy_config, "target_ms": self.target_ms,
-                        "target_binds": self.binds, "range_ms": getattr(self, "range_ms", None),
+                        "target_binds": self.binds, "range_ms": self.range_ms,
                         "train_resolution": self.data.resolution, "num_classes": self.data.num_classes,
                         # every option the method ran with, defaults included: a resume rebuilds the same
-                        # supernet even after a default changes (proxyless's weights=shared, 2026-11-28)
+                        # supernet even after a default changes (proxyless's weights=shared: docs/measurements.md,
+                        # 'Shared ProxylessNAS weights (a changed default)')
                         "method_options": dict(self.strategy.options), "torch": torch.__version__}
             atomic_write_text(path, json.dumps(resolved, indent=2) + "\n")
 
@@ -234,9 +166,7 @@ class Search:
                  "arch_opt": self.strategy.arch_optimizer_state(), "w_opt": self.w_opt.state_dict(),
                  "sched": self.sched.state_dict(), "history": self.history,
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-        tmp = self.run_dir / ".checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / "checkpoint.pt")
+        atomic_torch_save(state, self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
@@ -288,18 +218,11 @@ class Search:
         s.supernet.train()
         for step, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device), y.to(self.device)
-            s.sample_weight_path()
-            logits = s.supernet(x)
-            loss = F.cross_entropy(logits, y)
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.w_opt.step()
-            losses.append(float(loss.detach()))
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            if search_arch and step % cfg.arch_every == 0:
-                s.weight_lr = self.w_opt.param_groups[0]["lr"]
-                s.last_train_batch = (x, y)
+            out = s.weight_step((x, y), self.w_opt)
+            losses.append(out["loss"])
+            correct += out["correct"]
+            seen += out["seen"]
+            if search_arch and s.arch_steps and step % cfg.arch_every == 0:
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
@@ -309,7 +232,7 @@ class Search:
             bar.update(1)
             bar.set_postfix(epoch=self.epoch + 1, loss=f"{np.mean(losses):.3f}")
         self.sched.step()
-        tokens = s.derive()
+        tokens = s.current_arch()
         row = {"epoch": self.epoch + 1, "phase": "search" if search_arch else "warmup",
                "train_loss": float(np.mean(losses)), "train_acc": correct / max(seen, 1),
                "val_acc_argmax": evaluate_path(s, tokens, self.val_loader, self.device, self.train_loader),
@@ -319,15 +242,16 @@ class Search:
                 row[k] = float(np.mean([m[k] for m in arch_metrics]))
         if self.latency is not None:
             row["argmax_latency_ms"] = self.latency.of_tokens(tokens)
-            row["expected_latency_ms"] = float(s.expected_latency().detach())
+            expected = s.expected_latency()
+            if expected is not None:
+                row["expected_latency_ms"] = float(expected.detach())
         self.epoch += 1
         self.history.append(row)
         self._append_metrics(row)
-        entry = {"epoch": self.epoch, "layers": tokens,
-                 "probs": [np.exp(lp).round(4).tolist() for lp in s.log_probabilities()]}
-        if getattr(self.space, "kind", "chain") == "cell":
-            entry["genotype"] = self.space.describe(tokens)
-            log.info("genotype after epoch %d: %s", self.epoch, entry["genotype"])
+        readable = self.space.history_record(tokens)
+        entry = {"epoch": self.epoch, "layers": tokens, **s.epoch_record(), **readable}
+        for key, value in readable.items():
+            log.info("%s after epoch %d: %s", key, self.epoch, value)
         with open(self.run_dir / "arch_history.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         self.save_checkpoint()
@@ -349,23 +273,14 @@ class Search:
             w.writerow(row)
 
     # -- derivation --------------------------------------------------------------------------------
+    def derive_context(self) -> DeriveContext:
+        return DeriveContext(self.latency, self.target.binding_ms, self.target.lower_ms,
+                             self.train_loader, self.val_loader, self.device)
+
     def derive(self) -> list[str]:
-        """The most probable architecture; with a binding target, the most probable one whose
-        predicted latency lies in [0.9 T, T] (hwnas.latency.constraint)."""
-        tokens = self.strategy.derive()
-        if not self.binds:
-            return tokens
-        lat = [self.latency.layer(i).cpu().numpy() for i in range(self.latency.num_layers)]
-        if self.latency.groups is not None:
-            def within(lp):
-                idx = most_probable_cell_within(lp, lat, self.latency.fixed_ms, LOWER_FRACTION * self.target_ms,
-                                                self.target_ms, self.latency.groups, keep=self.latency.keep)
-                return [c[j] for c, j in zip(self.latency.choices, idx)]
-            limit = getattr(self.strategy, "limit_skips", None)  # P-DARTS: at most 2 skip-connects, target or not
-            return limit(self.strategy.log_probabilities(), within) if limit else within(self.strategy.log_probabilities())
-        idx = most_probable_within(self.strategy.log_probabilities(), lat, self.latency.fixed_ms,
-                                   LOWER_FRACTION * self.target_ms, self.target_ms)
-        return [c[j] for c, j in zip(self.latency.choices, idx)]
+        """The strategy's final architecture; with a binding target the most probable one whose predicted
+        latency lies in [0.9 T, T] (``Strategy.derive``, ``hwnas.objective``)."""
+        return self.strategy.derive(self.derive_context())
 
     def finish(self, seconds: float) -> dict:
         tokens = self.derive()
@@ -379,83 +294,16 @@ class Search:
         arch.save(self.run_dir / "arch.json")
         child_state = self.strategy.supernet.child_state_dict(tokens)
         if child_state is not None:  # a cell space's derived network is trained from scratch
-            tmp = self.run_dir / ".child.pt.tmp"
-            torch.save(child_state, tmp)
-            os.replace(tmp, self.run_dir / "child.pt")
+            atomic_torch_save(child_state, self.run_dir / "child.pt")
         plot_arch_history(self.run_dir)
         summary = {"arch": tokens, "predicted_latency_ms": predicted, "target_ms": self.target_ms,
                    "machine_factor": self.machine_factor,
                    "predicted_now_ms": predicted * self.machine_factor if predicted and self.machine_factor else None,
-                   "target_binds": self.binds, "range_ms": getattr(self, "range_ms", None),
+                   "target_binds": self.binds, "range_ms": self.range_ms,
                    "supernet_val_acc": val_acc, "epochs": self.epoch, "search_seconds": seconds,
                    "run_dir": str(self.run_dir)}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def plot_arch_history(run_dir: str | os.PathLike) -> Path | None:
-    """``alpha_evolution.png``: every decision's candidate probabilities per epoch (from
-    arch_history.jsonl), one small panel per layer / edge. None if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plots are a convenience; the data is in arch_history.jsonl
-        return None
-    run_dir = Path(run_dir)
-    path = run_dir / "arch_history.jsonl"
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return None
-    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    space = get_space(cfg.get("space", "proxyless"))
-    if getattr(space, "kind", "chain") == "cell":
-        names = [e.name for e in space.decisions()]
-        choices = [e.choices for e in space.decisions()]
-    else:
-        plan = space.plan(cfg.get("deploy_config") or {})
-        names = [f"layer {i}" for i in range(len(plan.layers))]
-        choices = [p.choices for p in plan.layers]
-    n = len(rows[0]["probs"])
-    cols = 7 if n > 14 else min(n, 5)
-    nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.4 * cols, 1.9 * nrows), sharex=True, sharey=True, squeeze=False)
-    epochs = [r["epoch"] for r in rows]
-    for i in range(n):
-        ax = axes[i // cols][i % cols]
-        for j in range(len(rows[0]["probs"][i])):
-            ax.plot(epochs, [r["probs"][i][j] for r in rows], label=choices[i][j] if i < len(choices) else str(j))
-        ax.set_title(names[i] if i < len(names) else str(i), fontsize=7)
-        ax.tick_params(labelsize=6)
-    for k in range(n, nrows * cols):
-        axes[k // cols][k % cols].axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=7)
-    fig.suptitle(f"{cfg.get('method', '')}: candidate probabilities per epoch", fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    out = run_dir / "alpha_evolution.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
-
-
-def new_run_dir(root: str | os.PathLike, method: str, space: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / f"{stamp}-{method}-{space}"
-    i = 1
-    while path.exists():
-        path = Path(root) / f"{stamp}-{method}-{space}-{i}"
-        i += 1
-    return path
-
-
-def latest_run(root: str | os.PathLike) -> Path | None:
-    """The most recent run directory under ``root`` holding an arch.json."""
-    runs = [p for p in Path(root).glob("*/arch.json")] if Path(root).is_dir() else []
-    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
 
 
 def load_search_config(run_dir: str | os.PathLike) -> SearchConfig:

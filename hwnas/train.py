@@ -1,14 +1,15 @@
 """Train a derived architecture from scratch and report its test accuracy: the honest number a
 search is judged by (supernet accuracy only ranks candidates).
 
-Defaults depend on the kind of space (``TRAIN_DEFAULTS``; every one overridable):
+Defaults are the space's (``Space.train_defaults``; every one overridable):
 
 - chain spaces (ProxylessNAS / FBNet / Single-Path): SGD, Nesterov momentum 0.9, lr 0.05, weight decay
   4e-5, cosine schedule, no clipping (the MobileNetV2-style recipe of those papers, shortened);
 - the DARTS cell space: the DARTS evaluation recipe (Liu et al. 2019, Sec. 3.3 / A.2: SGD momentum 0.9,
   lr 0.025 cosine, weight decay 3e-4, gradient norm clipped at 5, drop-path probability ramped linearly
   from 0 to the configured ``drop_path`` over the epochs, auxiliary loss weight 0.4 when enabled).
-  Without the clip the 20-cell network's first epoch diverges at lr 0.05 (loss 7.5 measured).
+  Without the clip the 20-cell network's first epoch diverges at lr 0.05 (measurements:
+  docs/measurements.md, 'DARTS training without gradient clipping').
 """
 from __future__ import annotations
 
@@ -41,18 +42,11 @@ def accuracy(model: torch.nn.Module, loader, device) -> float:
     return correct / max(total, 1)
 
 
-TRAIN_DEFAULTS = {
-    "chain": {"lr": 0.05, "weight_decay": 4e-5, "grad_clip": None, "nesterov": True},
-    "cell": {"lr": 0.025, "weight_decay": 3e-4, "grad_clip": 5.0, "nesterov": False},
-}
-
-
 def train_settings(arch: Arch, *, lr: float | None = None, weight_decay: float | None = None,
                    grad_clip: float | None = None) -> dict:
-    """The recipe ``train_child`` uses for ``arch``: its space kind's defaults with the given overrides
+    """The recipe ``train_child`` uses for ``arch``: its space's ``train_defaults`` with the given overrides
     (``grad_clip=0`` turns clipping off)."""
-    kind = "cell" if arch.is_cell else "chain"
-    out = dict(TRAIN_DEFAULTS[kind])
+    out = dict(arch.space_obj.train_defaults)
     for key, value in (("lr", lr), ("weight_decay", weight_decay), ("grad_clip", grad_clip)):
         if value is None:
             continue
@@ -71,7 +65,7 @@ def train_child(arch: Arch, out_dir: str | os.PathLike, *, data: str = "digits",
     """Train ``arch`` (at the data's resolution, deploy strides adapted) and write ``trained.pt``,
     ``train_metrics.csv`` and ``train.json`` into ``out_dir``. Returns the final figures.
 
-    ``lr``, ``weight_decay`` and ``grad_clip`` default to the space kind's recipe (``train_settings``);
+    ``lr``, ``weight_decay`` and ``grad_clip`` default to the space's recipe (``train_settings``);
     ``resolution`` to the data's own (32 for digits and CIFAR)."""
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: must be at least 1")

@@ -22,7 +22,7 @@ def synthetic_table(space, config, seed: int = 0) -> DictTable:
     channels (so the space has a real fastest and slowest architecture)."""
     import random
 
-    from hwnas.latency.space_tables import space_blocks
+    from hwnas.latency.tables import space_blocks
 
     from hwnas.spaces.cell_ops import OPS
 

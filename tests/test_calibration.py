@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hwnas.latency import calibration as C
-from hwnas.latency.penalty import LatencyModel
-from hwnas.latency.validate import refit, sample_archs, validate
+from hwnas.latency.predictor import LatencyModel
+from hwnas.latency.validation import refit, sample_archs, validate
 from hwnas.spaces import get_space
 from helpers import synthetic_table
 
@@ -181,7 +181,7 @@ def test_grouped_calibration_is_folded_into_every_prediction(name):
 def test_validate_picks_the_grouped_form_the_machine_has_and_refit_agrees(tmp_path, monkeypatch):
     """Stubbed measurements that follow a per-expansion law: validate must find it (held-out error near
     0), and refit on the same samples.csv must reproduce the calibration without measuring."""
-    import hwnas.latency.validate as v
+    import hwnas.latency.validation.run as v
 
     space = get_space("proxyless")
     cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
@@ -307,7 +307,7 @@ def _two_statistic_table(tmp_path, space, cfg):
 
 def _fake_networks(monkeypatch, stats_of):
     """``validate`` without timing anything: every network it builds "measures" ``stats_of(tokens)``."""
-    import hwnas.latency.validate as v
+    import hwnas.latency.validation.run as v
 
     class FakeRunner:
         def __init__(self, net, *a, **k):
@@ -462,7 +462,7 @@ def test_tau_ceiling_is_the_tau_a_perfect_predictor_reaches_under_the_twins_nois
     """Known answers: no noise -> 1; latencies 1 ms apart (10% steps) under ~1% noise -> ~1; fifty networks
     within 0.5% of each other under ~3% noise -> ~0; and the ceiling falls as the noise grows. The middle
     case against a direct simulation: sigma = median difference / (0.6745 sqrt 2)."""
-    from hwnas.latency.validate import kendall_tau, tau_ceiling
+    from hwnas.latency.validation import kendall_tau, tau_ceiling
 
     spread = np.linspace(10.0, 59.0, 50)
     assert tau_ceiling(spread, 0.0) == 1.0 and tau_ceiling([5.0], 0.1) == 1.0

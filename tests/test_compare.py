@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hwnas.compare import CompareConfig, compare, count_macs, random_archs_in_window
-from hwnas.search import Search, SearchConfig
+from hwnas.api import build_search
+from hwnas.search import SearchConfig
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
 from helpers import synthetic_table
@@ -29,7 +30,7 @@ def test_count_macs_known_answer():
 
 
 def test_random_archs_land_in_the_window():
-    s = Search(SearchConfig(space="spnas", latency_target="40%", config={"width_mult": 0.25}, epochs=2,
+    s = build_search(SearchConfig(space="spnas", latency_target="40%", config={"width_mult": 0.25}, epochs=2,
                             warmup_epochs=1), "unused", table=table)
     archs = random_archs_in_window(s, 5, seed=1)
     assert len({tuple(a) for a in archs}) == 5
@@ -89,7 +90,7 @@ def test_arch_lr_scale_reaches_every_method(tmp_path, monkeypatch):
             seen[scfg.method] = scfg.options
             raise KeyboardInterrupt  # stop before any search runs
 
-    monkeypatch.setattr(cmp_mod, "Search", Recorder)
+    monkeypatch.setattr(cmp_mod, "build_search", Recorder)  # compare builds its searches through the API
     for method in STRATEGIES:
         with pytest.raises(KeyboardInterrupt):
             compare(CompareConfig(methods=[method], **TINY, arch_lr_scale=10.0), tmp_path / method, table)

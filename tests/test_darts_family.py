@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from hwnas.latency.constraint import most_probable_cell_within
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
+from hwnas.objective import most_probable_cell_within
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.cell import EDGES, derive_genotype
 from hwnas.spaces.cell_ops import OPS
@@ -251,16 +251,17 @@ def test_pdarts_limits_skip_connections_of_the_normal_cell_to_two():
 def test_pdarts_search_resumes_across_a_stage(tmp_path, monkeypatch):
     import functools
 
-    import hwnas.search
+    import hwnas.api
     from hwnas.data import load_data
-    from hwnas.search import Search, SearchConfig
+    from hwnas.api import build_search
+    from hwnas.search import SearchConfig
 
-    monkeypatch.setattr(hwnas.search, "load_data", functools.partial(load_data, resolution=8))  # digits' own 8x8
+    monkeypatch.setattr(hwnas.api, "load_data", functools.partial(load_data, resolution=8))  # digits' own 8x8
     # fused=False: the pure-torch mixed op (on a CPU the fused op dispatches to the same reference anyway)
 
     cfg = SearchConfig(method="pdarts", space="darts", epochs=3, warmup_epochs=0, batch_size=256,
                        config={"search_C": 4}, options={"depths": [3, 4, 5], "fused": False})
-    first = Search(cfg, tmp_path / "run")
+    first = build_search(cfg, tmp_path / "run")
     real = first._epoch
 
     def stop_after_two(bar):
@@ -271,7 +272,7 @@ def test_pdarts_search_resumes_across_a_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(first, "_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         first.run()
-    again = Search(cfg, tmp_path / "run")
+    again = build_search(cfg, tmp_path / "run")
     summary = again.run()
     assert again.strategy.stage == 2 and len(again.strategy.supernet.cells) == 5
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 4
@@ -304,7 +305,7 @@ def test_cell_latency_is_the_sum_over_kept_edges_and_cells():
 
 
 def test_cell_extremes_bound_random_genotypes_and_constrained_derivation_holds():
-    from hwnas.latency.validate import sample_archs
+    from hwnas.latency.validation import sample_archs
 
     model, cfg = _model()
     (lo, lo_t), (hi, hi_t) = model.extremes()
@@ -316,11 +317,11 @@ def test_cell_extremes_bound_random_genotypes_and_constrained_derivation_holds()
     lat = [model.layer(i).numpy() for i in range(28)]
     for frac in (0.2, 0.5, 0.8):
         t = lo + frac * (hi - lo)
-        idx = most_probable_cell_within(lp, lat, model.fixed_ms, 0.9 * t, t, model.groups)
+        idx = most_probable_cell_within(lp, lat, model.fixed_ms, 0.9 * t, t, model.space.decision_groups())
         tokens = [OPS[j] for j in idx]
         Arch("darts", cfg, tokens)
         assert 0.9 * t <= model.of_tokens(tokens) <= t + 1e-9
-    free = most_probable_cell_within(lp, lat, model.fixed_ms, lo, hi + 1, model.groups)
+    free = most_probable_cell_within(lp, lat, model.fixed_ms, lo, hi + 1, model.space.decision_groups())
     assert [OPS[j] for j in free] == build("darts").supernet.derive(lp)
 
 
@@ -347,7 +348,7 @@ def test_pdarts_skip_limit_holds_under_a_latency_target():
     t = lo + 0.3 * (hi - lo)
 
     def within(lp_):
-        return [OPS[j] for j in most_probable_cell_within(lp_, lat, model.fixed_ms, 0.9 * t, t, model.groups)]
+        return [OPS[j] for j in most_probable_cell_within(lp_, lat, model.fixed_ms, 0.9 * t, t, model.space.decision_groups())]
     assert sum(tok == "skip_connect" for tok in within(lp)[:14]) > 2
     tokens = s.limit_skips(lp, within)
     assert sum(tok == "skip_connect" for tok in tokens[:14]) <= 2

@@ -15,7 +15,7 @@ def _table(tmp_path, *, references=True, slug=None):
     """A 1-thread torch table of this machine whose calibration keeps three reference networks
     (validated at 2, 3 and 4 ms)."""
     from hwnas.latency.table import LatencyTable
-    from hwnas.latency.validate import sample_archs
+    from hwnas.latency.validation import sample_archs
 
     table = LatencyTable.empty({"space": "proxyless", "config": {"width_mult": 0.25, "num_classes": 10},
                                 "resolution": 32, "batch": 1, "dtype": "fp32", "backend": "torch", "threads": 1,
@@ -31,7 +31,7 @@ def _table(tmp_path, *, references=True, slug=None):
 
 def _fake_timing(monkeypatch, now_of):
     """Reference networks "measure" ``now_of(then_ms)`` at every statistic, in the order they are given."""
-    import hwnas.latency.timing as timing
+    import hwnas.latency.measure.timing as timing
 
     seen = []
 
@@ -88,17 +88,18 @@ def test_search_puts_an_absolute_target_on_the_tables_scale(tmp_path, monkeypatc
     scale. `auto` measures the factor and records the figure, so a resumed run keeps the target; a
     relative target (a share of the table's own range) is left alone."""
     from hwnas.latency.table import LatencyTable
-    from hwnas.search import Search, SearchConfig
+    from hwnas.api import build_search
+    from hwnas.search import SearchConfig
 
     _fake_timing(monkeypatch, lambda ms: ms * 0.8)
     table = LatencyTable.load(_table(tmp_path))
     base = dict(epochs=2, warmup_epochs=1, batch_size=256, config={"width_mult": 0.25, "resolution": 32})
-    plain = Search(SearchConfig(latency_target="5ms", **base), tmp_path / "a", table=table)
-    s = Search(SearchConfig(latency_target="5ms", machine_factor=factor, **base), tmp_path / "b", table=table)
+    plain = build_search(SearchConfig(latency_target="5ms", **base), tmp_path / "a", table=table)
+    s = build_search(SearchConfig(latency_target="5ms", machine_factor=factor, **base), tmp_path / "b", table=table)
     assert plain.target_ms == pytest.approx(5.0) and s.target_ms == pytest.approx(6.25)
     assert s.machine_factor == pytest.approx(0.8) and s.cfg.machine_factor == pytest.approx(0.8)
     assert "5.00 ms on this machine now" in s.describe_target()
-    rel = Search(SearchConfig(latency_target="50%", machine_factor=factor, **base), tmp_path / "c", table=table)
+    rel = build_search(SearchConfig(latency_target="50%", machine_factor=factor, **base), tmp_path / "c", table=table)
     assert rel.target_ms == pytest.approx(plain.range_ms[0] + 0.5 * (plain.range_ms[1] - plain.range_ms[0]))
 
 
@@ -112,9 +113,9 @@ def test_a_bad_machine_factor_is_refused(bad):
 
 def test_predict_prints_the_prediction_on_this_machine_now(tmp_path, monkeypatch, capsys):
     from hwnas.cli import main
-    from hwnas.latency.penalty import LatencyModel
+    from hwnas.latency.predictor import LatencyModel
     from hwnas.latency.table import LatencyTable
-    from hwnas.latency.validate import sample_archs
+    from hwnas.latency.validation import sample_archs
     from hwnas.spaces import Arch
 
     _fake_timing(monkeypatch, lambda ms: ms * 0.8)

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hwnas.latency.multiplier import LatencyMultiplier
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
 from hwnas.mixed.weighted_sum import WeightedSumOp
-from hwnas.search import Search, SearchConfig
+from hwnas.objective import LatencyMultiplier
+from hwnas.api import build_search
+from hwnas.search import SearchConfig
 from hwnas.spaces import Arch, get_space
 from hwnas.strategies import STRATEGIES, get_strategy
 from hwnas.strategies.fbnet import fbnet_loss, temperature
@@ -153,13 +154,13 @@ def test_fbnet_search_end_to_end_meets_the_target_and_resumes(tmp_path):
 
     cfg = SearchConfig(method="fbnet", space="fbnet", latency_target="40%", epochs=2, warmup_epochs=1,
                        batch_size=128, config={"width_mult": 0.25}, data="digits", device="cpu")
-    first = Search(cfg, tmp_path / "run", table=table)
+    first = build_search(cfg, tmp_path / "run", table=table)
     first.cfg.epochs = 1
     first.run()
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2
     cfg.epochs = 2
-    summary = Search(cfg, tmp_path / "run", table=table).run()  # resumes at epoch 1
+    summary = build_search(cfg, tmp_path / "run", table=table).run()  # resumes at epoch 1
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "temperature" in rows[0] and "latency_multiplier" in rows[0]
     assert 0.9 * summary["target_ms"] <= summary["predicted_latency_ms"] <= summary["target_ms"]

@@ -1,4 +1,4 @@
-"""In-network profiling (hwnas.latency.in_network): covering networks, hook bookkeeping, resume, refusals."""
+"""In-network profiling (hwnas.latency.measure.in_network): covering networks, hook bookkeeping, resume, refusals."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import torch
 
-from hwnas.latency import in_network
-from hwnas.latency.in_network import block_positions, covering_archs, profile_in_network
-from hwnas.latency.space_tables import needed_signatures, profile_space
+from hwnas.latency.measure import in_network
+from hwnas.latency.measure.in_network import block_positions, covering_archs, profile_in_network
 from hwnas.latency.table import LatencyTable
+from hwnas.latency.tables import needed_signatures, profile_space
 from hwnas.spaces import get_space
 from hwnas.spaces.arch import Arch
 from hwnas.spaces.builder import build_child
@@ -97,7 +97,7 @@ def test_real_clock_rows_are_positive_and_bounded_by_the_network(proxyless, tmp_
                                iterations=10, rounds=2, min_round_s=0, statistic="p50")
     rows = table.as_dict()
     assert all(v > 0 for v in rows.values())
-    from hwnas.latency.timing import Runner, summarize
+    from hwnas.latency.measure.timing import Runner, summarize
     tokens = covering_archs(space, cfg, 1)[0]
     whole = summarize(Runner(build_child(Arch(space.name, cfg, tokens)), (1, 3, 32, 32), backend="torch",
                              threads=1).samples(20, 3))
@@ -156,7 +156,7 @@ def test_refusals(proxyless, tmp_path):
 
 
 def test_default_context_is_network_where_it_runs():
-    from hwnas.latency.space_tables import default_context
+    from hwnas.latency.tables import default_context
 
     cpu = torch.device("cpu")
     assert default_context(get_space("proxyless"), "torch", cpu) == "network"
@@ -168,7 +168,7 @@ def test_existing_network_table_keeps_its_context(proxyless, tmp_path, monkeypat
     """``profile_space`` without a context follows the table's: missing rows of an in-network table are
     measured in networks, never alone into it, and in as many sets of networks as its other rows (a
     search that fills a classifier row of a 2-set table does not time the default 9)."""
-    import hwnas.latency.in_network as inn
+    import hwnas.latency.measure.in_network as inn
 
     space, cfg = proxyless
     _fake_clock(monkeypatch)

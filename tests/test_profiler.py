@@ -16,20 +16,11 @@ import torch
 
 from hwnas import device as device_mod
 from hwnas.device import DeviceError, device_info, device_slug, resolve_device
-from hwnas.latency.profiler import BlockSpec, profile_blocks
+from hwnas.latency.measure.blocks import BlockSpec, profile_blocks
+from hwnas.latency.measure.runtimes import runtime, runtime_label
+from hwnas.latency.measure.timing import Runner, measure_interleaved, measure_module, random_inputs, summarize, time_callable
 from hwnas.latency.table import LatencyTable, LatencyTableError
-from hwnas.latency.timing import (
-    Runner,
-    export_onnx_bytes,
-    measure_interleaved,
-    measure_module,
-    ort_session,
-    random_inputs,
-    runtime,
-    runtime_label,
-    summarize,
-    time_callable,
-)
+from hwnas.onnx import export_onnx_bytes, ort_session
 
 STAT_KEYS = {"count", "mean", "std", "p10", "p50", "p90"}
 
@@ -241,7 +232,7 @@ def test_export_falls_back_to_torchscript_and_logs(monkeypatch, caplog):
     monkeypatch.setattr(torch.onnx, "export", dynamo_broken)
     block = tiny_block().eval()
     x = random_inputs((1, 4, 8, 8), 1)[0]
-    with caplog.at_level(logging.WARNING, logger="hwnas.latency.timing"):
+    with caplog.at_level(logging.WARNING, logger="hwnas.onnx"):
         onnx_bytes = export_onnx_bytes(block, x)
     assert "simulated dynamo failure" in caplog.text and "TorchScript" in caplog.text
     session = ort_session(onnx_bytes, device="cpu", threads=1)
@@ -397,7 +388,7 @@ def test_keep_heap_serves_big_buffers_from_the_heap():
     with the heap kept the same request comes from the brk heap, and freeing it keeps the memory."""
     import ctypes
 
-    from hwnas.latency import allocator
+    from hwnas.latency.measure import allocator
 
     if allocator._libc() is None:
         pytest.skip("no glibc here")
@@ -416,7 +407,7 @@ def test_keep_heap_serves_big_buffers_from_the_heap():
 
 
 def test_torch_cpu_tables_record_the_heap_and_refuse_to_mix(tmp_path):
-    from hwnas.latency.allocator import heap_regime
+    from hwnas.latency.measure.allocator import heap_regime
 
     path = tmp_path / "t.csv"
     profile_blocks([Builds().spec("c2", 2)], path, meta=META, **FAST)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
 from hwnas.memory import activation_bytes
 from hwnas.mixed.shared_gate import SharedBinaryGatedOp
 from hwnas.spaces import Arch, get_space

@@ -6,7 +6,7 @@ import hwnas.export as ex
 from hwnas.device import device_slug
 from hwnas.export import ArchSource, export
 from hwnas.latency.reference import check_references, machine_factor, pick_references, unusable
-from hwnas.latency.validate import sample_archs
+from hwnas.latency.validation import sample_archs
 from hwnas.compare import _measured_cell
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.builder import build_child

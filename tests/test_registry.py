@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
 from hwnas.spaces import SPACES, get_space
 from hwnas.strategies import STRATEGIES, get_strategy
 from tests.helpers import synthetic_table
@@ -14,9 +14,9 @@ PAIRS = [(m, s) for m in sorted(STRATEGIES) for s in sorted(SPACES)]
 
 
 def allowed(method: str, space: str) -> bool:
-    cls, kind = STRATEGIES[method], getattr(SPACES[space], "kind", "chain")
+    cls, caps = STRATEGIES[method], SPACES[space].capabilities
     if cls.spaces is None:
-        return kind == "chain" and not (method == "spnas" and space == "fbnet")  # spnas: no grid on fbnet
+        return "layers" in caps and not (method == "spnas" and space == "fbnet")  # spnas: no grid on fbnet
     return space in cls.spaces
 
 
@@ -29,7 +29,7 @@ def test_the_family_is_registered_where_the_issue_asks():
 @pytest.mark.parametrize("method, space", PAIRS)
 def test_one_search_step_or_a_clear_refusal(method, space):
     sp = get_space(space)
-    cfg = sp.resolve_config(SMALL[getattr(sp, "kind", "chain")])
+    cfg = sp.resolve_config(SMALL["cell" if "cells" in sp.capabilities else "chain"])
     cls = get_strategy(method)
     if not allowed(method, space):
         with pytest.raises(ValueError) as e:
@@ -61,6 +61,6 @@ def test_one_search_step_or_a_clear_refusal(method, space):
     tokens = s.derive()
     from hwnas.spaces import Arch
 
-    Arch(space, sp.resolve_config({}) if getattr(sp, "kind", "chain") == "cell" else cfg, tokens)  # a valid Arch
+    Arch(space, sp.resolve_config({}) if "cells" in sp.capabilities else cfg, tokens)  # a valid Arch
     s.set_eval_path(tokens)
     assert s.supernet(x).shape == (4, 4)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from hwnas.latency.constraint import LatencyTargetError
+from hwnas.objective import LatencyTargetError
+from hwnas.api import build_search
 from hwnas.search import Search, SearchConfig
 from hwnas.spaces import Arch, get_space
 from helpers import synthetic_table
@@ -24,7 +25,7 @@ def table_fn(space, deploy_config):
 
 @pytest.mark.parametrize("pct", [20, 50, 80])
 def test_latency_target_sweep_lands_in_window(tmp_path, pct):
-    s = Search(cfg(latency_target=f"{pct}%"), tmp_path / "run", table=table_fn)
+    s = build_search(cfg(latency_target=f"{pct}%"), tmp_path / "run", table=table_fn)
     lo, hi = s.range_ms
     target = lo + pct / 100 * (hi - lo)
     summary = s.run()
@@ -38,7 +39,7 @@ def test_latency_target_sweep_lands_in_window(tmp_path, pct):
 
 def test_run_directory_contents_and_resume(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    s = Search(cfg(epochs=3, latency_target="60%"), run, table=table_fn)
+    s = build_search(cfg(epochs=3, latency_target="60%"), run, table=table_fn)
     original = Search._epoch
     calls = {"n": 0}
 
@@ -55,7 +56,7 @@ def test_run_directory_contents_and_resume(tmp_path, monkeypatch):
     assert (run / "checkpoint.pt").exists() and not (run / "arch.json").exists()
     config_before = (run / "config.json").read_text()
 
-    resumed = Search(cfg(epochs=3, latency_target="60%"), run, table=table_fn)
+    resumed = build_search(cfg(epochs=3, latency_target="60%"), run, table=table_fn)
     summary = resumed.run()
     assert resumed.epoch == 3 and len(resumed.history) == 3
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
@@ -72,12 +73,12 @@ def test_run_directory_contents_and_resume(tmp_path, monkeypatch):
 
 def test_target_below_fastest_fails_at_once(tmp_path):
     with pytest.raises(LatencyTargetError, match=r"below the fastest .*slowest"):
-        Search(cfg(latency_target="0.001ms"), tmp_path / "run", table=table_fn)
+        build_search(cfg(latency_target="0.001ms"), tmp_path / "run", table=table_fn)
     assert not (tmp_path / "run").exists()
 
 
 def test_target_above_slowest_does_not_bind(tmp_path):
-    s = Search(cfg(latency_target="100000ms", epochs=1, warmup_epochs=0), tmp_path / "run", table=table_fn)
+    s = build_search(cfg(latency_target="100000ms", epochs=1, warmup_epochs=0), tmp_path / "run", table=table_fn)
     assert s.binds is False and s.strategy.target_ms is None
     assert "does not bind" in s.describe_target()
     summary = s.run()
@@ -101,7 +102,7 @@ def test_resume_rebuilds_the_supernet_the_run_started_with(tmp_path, monkeypatch
     from hwnas.search import load_search_config
 
     run = tmp_path / "run"
-    s = Search(cfg(epochs=3, latency_target="60%", options={"weights": "separate"}), run, table=table_fn)
+    s = build_search(cfg(epochs=3, latency_target="60%", options={"weights": "separate"}), run, table=table_fn)
     original = Search._epoch
     calls = {"n": 0}
 
@@ -124,9 +125,9 @@ def test_resume_rebuilds_the_supernet_the_run_started_with(tmp_path, monkeypatch
     old["options"] = {}
     (run / "config.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match=r"checkpoint.pt does not fit the supernet .* --opt weights=separate"):
-        Search(load_search_config(run), run, table=table_fn).run()
+        build_search(load_search_config(run), run, table=table_fn).run()
     resumed_cfg = load_search_config(run)
     resumed_cfg.options = {"weights": "separate"}  # what `hwnas search --resume RUN --opt weights=separate` does
-    resumed = Search(resumed_cfg, run, table=table_fn)
+    resumed = build_search(resumed_cfg, run, table=table_fn)
     resumed.run()
     assert resumed.epoch == 3 and [r["epoch"] for r in resumed.history] == [1, 2, 3]

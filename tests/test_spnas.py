@@ -7,9 +7,10 @@ import random
 import pytest
 import torch
 
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
 from hwnas.mixed.superkernel import SuperkernelOp
-from hwnas.search import Search, SearchConfig
+from hwnas.api import build_search
+from hwnas.search import SearchConfig
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.builder import build_child
 from hwnas.strategies import get_strategy
@@ -107,7 +108,7 @@ def test_fbnet_space_is_refused_with_the_layer_named():
 def test_spnas_search_end_to_end_meets_the_target(tmp_path):
     cfg = SearchConfig(method="spnas", space="spnas", latency_target="50%", epochs=2, warmup_epochs=1,
                        batch_size=128, config={"width_mult": 0.25}, data="digits", device="cpu")
-    summary = Search(cfg, tmp_path / "run", table=lambda sp, c: synthetic_table(sp, c)).run()
+    summary = build_search(cfg, tmp_path / "run", table=lambda sp, c: synthetic_table(sp, c)).run()
     assert 0.9 * summary["target_ms"] <= summary["predicted_latency_ms"] <= summary["target_ms"]
     arch = Arch.load(tmp_path / "run" / "arch.json")
     assert arch.space == "spnas" and arch.layers == summary["arch"]

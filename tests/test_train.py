@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hwnas.data import load_data
-from hwnas.spaces import Arch
+from hwnas.spaces import Arch, get_space
 from hwnas.spaces.cell_presets import CELL_PRESETS
-from hwnas.train import TRAIN_DEFAULTS, train_child, train_settings
+from hwnas.train import train_child, train_settings
 
 # A DARTS evaluation network small enough to train in seconds on digits (8x8 upsampled to 32x32).
 TINY_CELL = {"C": 4, "layers": 3, "num_classes": 10}
@@ -23,10 +23,10 @@ def _chain_arch() -> Arch:
     return Arch("proxyless", {"width_mult": 0.25, "num_classes": 10}, ["k3e3"] * 21)
 
 
-def test_defaults_follow_the_space_kind():
-    assert train_settings(_cell_arch()) == TRAIN_DEFAULTS["cell"]
+def test_defaults_follow_the_space():
+    assert train_settings(_cell_arch()) == get_space("darts").train_defaults
     assert train_settings(_cell_arch())["grad_clip"] == 5.0 and train_settings(_cell_arch())["lr"] == 0.025
-    assert train_settings(_chain_arch()) == TRAIN_DEFAULTS["chain"]
+    assert train_settings(_chain_arch()) == get_space("proxyless").train_defaults
     assert train_settings(_chain_arch())["grad_clip"] is None
     assert train_settings(_cell_arch(), grad_clip=0)["grad_clip"] is None  # 0 turns it off
     assert train_settings(_chain_arch(), lr=0.1, grad_clip=2)["lr"] == 0.1
@@ -72,7 +72,7 @@ def test_gradient_clip_bounds_every_update(tmp_path):
 def test_drop_path_ramps_to_the_configured_probability(tmp_path, monkeypatch):
     """DARTS sets drop_path_prob = drop_path * epoch / epochs at the start of each epoch."""
     seen = []
-    import hwnas.spaces.cell as cell
+    import hwnas.spaces.cell_network as cell  # EvalCell lives there since the cell module split
 
     real = cell.drop_path
 

@@ -4,11 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from hwnas.latency.penalty import LatencyModel
-from hwnas.latency.space_tables import profile_space
+from hwnas.latency.calibration import fit_affine
+from hwnas.latency.predictor import LatencyModel
 from hwnas.latency.table import LatencyTable
-from hwnas.latency.validate import (anchor_positions, chunk_factors, error_figures, fit_affine, fit_rows, kendall_tau,
-                                    sample_archs, validate)
+from hwnas.latency.tables import profile_space
+from hwnas.latency.validation import (anchor_positions, chunk_factors, error_figures, fit_rows, kendall_tau, sample_archs,
+                                      validate)
 from hwnas.spaces import get_space
 from helpers import synthetic_table
 
@@ -122,7 +123,8 @@ def test_validate_end_to_end_on_a_small_real_table(tmp_path):
 def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
     """Known answer: networks 0 and 3 (every samples/repeats-th) measured 10 and 13 ms, their second
     instances +4% and +12%."""
-    import hwnas.latency.validate as v
+    import hwnas.latency.validation.run as v
+    import hwnas.latency.validation.statistic as st
 
     space = get_space("proxyless")
     cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
@@ -144,7 +146,7 @@ def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"do not grow with the table's sum .* kept in .*samples.csv.*--refit"):
         validate(table, space, cfg, tmp_path / "v", samples=6, repeats=2, min_round_s=0.0)
     assert len((tmp_path / "v" / "samples.csv").read_text().splitlines()) == 7
-    monkeypatch.setattr(v, "select_calibration", lambda blocks, measured, rows=None: {"form": "affine", "a": 0.0, "b": 1.0})
+    monkeypatch.setattr(st, "select_calibration", lambda blocks, measured, rows=None: {"form": "affine", "a": 0.0, "b": 1.0})
     rep = validate(table, space, cfg, tmp_path / "v", samples=6, repeats=2, min_round_s=0.0)
     r = rep.repeatability
     assert r["n"] == 2 and r["within_5pct"] == 0.5 and r["within_10pct"] == 0.5
@@ -180,7 +182,7 @@ def test_chunks_are_put_on_one_machine_speed_by_the_anchors(tmp_path, monkeypatc
     (1.0, 1.3, 1.0, 0.9 for four chunks); the anchors, timed in every chunk, slow down with it. After
     the chunk factors are divided out, every network reads its plain sum, and the factors are the speeds
     over their median (1.0)."""
-    import hwnas.latency.validate as v
+    import hwnas.latency.validation.run as v
 
     space = get_space("proxyless")
     cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
@@ -227,7 +229,7 @@ def test_each_quantile_is_put_on_one_machine_speed_by_its_own_anchor_factor(tmp_
     at 1.5x its sum. The report keeps both factor lists and the anchors' raw timings."""
     import csv
 
-    import hwnas.latency.validate as v
+    import hwnas.latency.validation.run as v
 
     space = get_space("proxyless")
     cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})

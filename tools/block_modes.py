@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from hwnas.latency.space_tables import space_blocks
-from hwnas.latency.timing import Runner
+from hwnas.latency.measure.timing import Runner
+from hwnas.latency.tables import space_blocks
 from hwnas.spaces import get_space
 
 

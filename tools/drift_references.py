@@ -11,7 +11,8 @@ from pathlib import Path
 from hwnas.export import ArchSource, build_for_export
 from hwnas.spaces import Arch
 from hwnas.spaces.builder import build_child
-from hwnas.latency.timing import CallRunner, export_onnx_bytes, measure_interleaved, ort_session, random_inputs
+from hwnas.latency.measure.timing import CallRunner, measure_interleaved, random_inputs
+from hwnas.onnx import export_onnx_bytes, ort_session
 
 run, samples, repeats = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 arch = Arch.load(run / "arch.json")

@@ -6,7 +6,7 @@ never sampled (another seed, uniform or spread sampling).
 
 Each network is built and timed by a child process (``--one``): ``measure_interleaved`` on that network
 alone (warm-up 10, 100 calls in 5 rounds of >= 1 s), read at the table's statistic; torch CPU processes
-keep glibc's heap as the table's profile did (``hwnas.latency.allocator``). Prints one line per network
+keep glibc's heap as the table's profile did (``hwnas.latency.measure.allocator``). Prints one line per network
 and the share within +-5% / +-10% and the mean error. With --no-references the parent does nothing else;
 by default it also times the table's reference networks (in the same child, after the network) so the
 figure can be read against the machine's drift since the validation.
@@ -26,8 +26,8 @@ def _one(table_path: str, tokens: list[str], references: bool) -> dict:
 
     from hwnas.latency.drift import measure_drift
     from hwnas.latency.table import LatencyTable
-    from hwnas.latency.timing import Runner, measure_interleaved
-    from hwnas.latency.validate import table_runtime
+    from hwnas.latency.measure.timing import Runner, measure_interleaved
+    from hwnas.latency.validation import table_runtime
     from hwnas.spaces import Arch, get_space
     from hwnas.spaces.builder import build_child
 
@@ -64,9 +64,9 @@ def main() -> None:
         print(json.dumps(_one(args.table, args.one.split(" "), not args.no_references)))
         return
 
-    from hwnas.latency.penalty import LatencyModel
+    from hwnas.latency.predictor import LatencyModel
     from hwnas.latency.table import LatencyTable
-    from hwnas.latency.validate import sample_archs
+    from hwnas.latency.validation import sample_archs
     from hwnas.spaces import get_space
 
     table = LatencyTable.load(args.table)

@@ -13,7 +13,7 @@ threads=()
 for backend in ${BACKENDS:-onnxruntime torch}; do
   for space in $spaces; do
     context=alone
-    [ "$backend" = torch ] && context=network  # torch eager rows timed in place (hwnas/latency/in_network.py)
+    [ "$backend" = torch ] && context=network  # torch eager rows timed in place (hwnas/latency/measure/in_network.py)
     out=$($HWNAS profile --device cpu --backend "$backend" --space "$space" --context $context "${threads[@]}" --out latency_tables/ | tail -1)
     table=$(echo "$out" | sed -E 's/^latency table: ([^ ]+) .*/\1/')
     echo "== $backend $space: $table"

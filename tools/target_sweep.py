@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from hwnas.export import ArchSource, export
-from hwnas.latency.space_tables import load_table_for, profile_space
+from hwnas.latency.tables import load_table_for, profile_space
 from hwnas.latency.table import LatencyTable
-from hwnas.search import Search, SearchConfig
+from hwnas.api import build_search
+from hwnas.search import SearchConfig
 from hwnas.spaces import Arch
 
 
@@ -55,7 +56,7 @@ def main() -> None:
                                warmup_epochs=args.warmup_epochs, seed=args.seed, table=args.table, config=config,
                                train_resolution=args.train_resolution)
             with tempfile.TemporaryDirectory() as run:
-                s = Search(cfg, run, table=table_for)
+                s = build_search(cfg, run, table=table_for)
                 r = s.run()
                 measured = "-"
                 if args.measure:
@@ -77,7 +78,7 @@ def main() -> None:
 
 def _name(search, tokens) -> str:
     space = search.space
-    return space.describe(tokens) if getattr(space, "kind", "chain") == "cell" else " ".join(tokens)
+    return space.describe(tokens)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ For ``--n`` random architectures of a space (spread over its latency range by th
 each network is timed whole (``--iterations`` calls after 10 warm-up calls; p10/p50/p90) and then block
 by block in place (forward hooks on the network's top-level children, the same number of calls; the
 per-child p10s and p50s summed). Run it twice, once with ``HWNAS_KEEP_HEAP=0`` (glibc's defaults) and
-once without (hwnas's kept heap, ``hwnas/latency/allocator.py``), each in its own process since the
+once without (hwnas's kept heap, ``hwnas/latency/measure/allocator.py``), each in its own process since the
 setting is process-wide::
 
     HWNAS_KEEP_HEAP=0 python tools/torch_heap_effect.py --space proxyless
@@ -22,11 +22,11 @@ import time
 import numpy as np
 import torch
 
-from hwnas.latency.allocator import heap_regime
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.measure.allocator import heap_regime
+from hwnas.latency.measure.timing import Runner, summarize
+from hwnas.latency.predictor import LatencyModel
 from hwnas.latency.table import LatencyTable
-from hwnas.latency.timing import Runner, summarize
-from hwnas.latency.validate import sample_archs
+from hwnas.latency.validation import sample_archs
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.builder import build_child
 

@@ -62,9 +62,10 @@ def _stage(sig: str) -> str:
 #: expansion and grouping that set a block's memory traffic), ``stage`` the block's input resolution.
 GROUPINGS: dict[str, Callable[[str], str]] = {"kind": _kind, "op": _op, "stage": _stage}
 #: a group's scale must lie within this factor range of the common scale ``b``: the largest real
-#: effect seen (ONNX Runtime's 3x3 average pool on the cell space costs 0.47x in a network what it costs
-#: alone, relative to the other blocks) is well inside it, while a fit that makes one stage of a noisy
-#: torch table nearly free (0.05x) is noise the leave-one-out figure alone did not reject
+#: effect seen (ONNX Runtime's 3x3 average pool on the cell space, much cheaper in a network than alone,
+#: relative to the other blocks) is well inside it, while a fit that makes one stage of a noisy torch
+#: table nearly free is noise the leave-one-out figure alone did not reject (measurements:
+#: docs/measurements.md, 'Calibration scale range')
 SCALE_RANGE = (0.25, 4.0)
 #: ridge penalties tried, in units of the mean diagonal entry of the penalized columns' Gram matrix
 LAMBDAS = tuple(10.0 ** e for e in np.arange(-4.0, 4.01, 0.5))

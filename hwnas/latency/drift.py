@@ -2,10 +2,10 @@
 (``hwnas.latency.reference``) timed again, on the table's own runtime and deploy shape.
 
 A calibrated table predicts the machine as it ran during its validation. A cloud VM does not keep that
-speed: the 2-core Intel Xeon VM whose tables ship here ran the 2-thread torch spnas table's references at
-0.71-0.80x their validation latency the next day (2026-11-28; ten networks the validation never saw, each
-alone in a fresh process, measured 14.8-29.2% below their predictions, and within -8.1% .. +6.7% once
-divided by that factor; ``tools/independent_check.py``). ``hwnas latency drift`` measures the factor in
+speed: a day later a table's references can run well off their validation latency, networks the
+validation never saw (each alone in a fresh process) then miss their predictions by about that factor,
+and land close to them once divided by it (``tools/independent_check.py``; measurements:
+docs/measurements.md, 'Machine drift'). ``hwnas latency drift`` measures the factor in
 seconds, so a user sees before a search whether the table still describes the machine: a factor far from
 1 means either re-profiling, or stating an absolute target on the table's scale (``target / factor``;
 ``hwnas search --machine-factor``).
@@ -48,8 +48,8 @@ def measure_drift(table, *, warmup: int = 10, iterations: int = 100, rounds: int
     median ratio now/then (> 1: the machine runs slower than at validation, and measured latencies now are
     about ``factor`` x the table's calibrated predictions). Raises ValueError (``drift_problem``) when the
     references cannot be timed here."""
-    from hwnas.latency.timing import Runner, measure_interleaved
-    from hwnas.latency.validate import table_runtime
+    from hwnas.latency.measure.timing import Runner, measure_interleaved
+    from hwnas.latency.validation.run import table_runtime
 
     why = drift_problem(table)
     if why:

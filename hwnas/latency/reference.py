@@ -1,24 +1,23 @@
 """Reference networks: drift compensation between a table's validation and a later measurement.
 
-A latency table's calibration is fitted on whole networks measured during ``hwnas latency validate``;
-its predictions describe the machine as it ran then. A shared machine does not stay that machine: on
-the 2-core VM this project is built on, one exported model measured 6.08 ms and 6.92 ms minutes apart,
-and a sweep of nine derived models landed between -0.1% and +26.6% of their predictions although the
-table's held-out networks were all within 10%. Networks measured in the same rounds move together
-(three networks of the validation re-timed beside a model drifted by 1.18x / 1.17x / 1.19x at one
-moment and 0.98x / 0.95x / 0.99x at another), so the validation keeps ``REFERENCES`` of its fit
-networks with their measured latency (``calibration["references"]``), and a later measurement times
-the model in the same interleaved rounds as those networks rebuilt: the median ratio now/then is the
-state of the measurement relative to the validation (``machine_factor``: the machine's drift, and any
+A latency table's calibration is fitted on whole networks measured during ``hwnas latency validate``; its
+predictions describe the machine as it ran then. A shared machine does not stay that machine: the same
+exported model, timed twice minutes apart, can read far apart, and derived models can land well off their
+predictions although the table's held-out networks were all within 10%. Networks measured in the same
+rounds move together (three networks of the validation re-timed beside a model drifted by nearly the same
+factor at one moment, and by another common factor at another), so the validation keeps ``REFERENCES`` of
+its fit networks with their measured latency (``calibration["references"]``), and a later measurement
+times the model in the same interleaved rounds as those networks rebuilt: the median ratio now/then is
+the state of the measurement relative to the validation (``machine_factor``: the machine's drift, and any
 steady difference between the validation's rounds of ~100 networks and an export's few), and
 ``measured / factor`` is the model's latency as the validation would have measured it, the state the
 prediction describes. Measured this way (``tools/drift_references.py``,
 ``bench/results/cpu-amd-epyc-2t/drift-references.md``), the same model's error against its prediction
-went from +2% .. +24% (six repeats) to -2% .. +9%.
+came much closer to zero than in its raw repeats (measurements: docs/measurements.md, 'Machine drift').
 
 The references are rebuilt with fresh weights from the table's own space config and deploy shape: weights do not change
 the latency (checked: a searched child with inherited weights and the same architecture with fresh
-weights measured 5.63 / 5.60 ms p10 interleaved; no denormals in either).
+weights measured the same p10 interleaved, within noise; no denormals in either).
 """
 from __future__ import annotations
 

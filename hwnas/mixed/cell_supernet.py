@@ -17,8 +17,8 @@ from torch import nn
 from hwnas.kernels import mixed_op_sum
 from hwnas.mixed.base import MixedOp
 from hwnas.mixed.factory import CandidateFactory
-from hwnas.spaces.cell import (EDGES, STEPS, CellPosition, CellSpace, GlobalPoolClassifier, Stem,
-                               derive_genotype, network_positions)
+from hwnas.spaces.cell import CellSpace
+from hwnas.spaces.cell_plan import EDGES, STEPS, CellPosition, GlobalPoolClassifier, Stem, network_positions
 from hwnas.spaces.cell_ops import OPS, FactorizedReduce, ReLUConvBN, make_op
 
 
@@ -65,7 +65,6 @@ class SearchCell(nn.Module):
 
 
 class CellSupernet(nn.Module):
-    kind = "cell"
 
     def __init__(self, space: CellSpace, config: dict, mixed_op: type[MixedOp], resolution: int | None = None,
                  num_classes: int | None = None, layers: int | None = None,
@@ -82,7 +81,8 @@ class CellSupernet(nn.Module):
         self.stem = Stem(cfg["stem_multiplier"] * C)
         self._decisions = space.decisions()
         self._choices = [tuple(c) for c in choices] if choices else [e.choices for e in self._decisions]
-        per_type = {t: self._choices[14 * i:14 * (i + 1)] for i, t in enumerate(("normal", "reduce"))}
+        per_type = {t: [c for c, e in zip(self._choices, self._decisions) if e.cell_type == t]
+                    for t in {e.cell_type for e in self._decisions}}
         self.cells = nn.ModuleList(SearchCell(p, mixed_op, per_type[p.cell_type], skip_dropout) for p in positions)
         self.classifier = GlobalPoolClassifier(c_final, cfg["num_classes"])
 
@@ -100,10 +100,14 @@ class CellSupernet(nn.Module):
         k = EDGES.index((e.node, e.source))
         return [cell.edges[k] for cell in self.cells if cell.cell_type == e.cell_type]
 
-    def set_edge_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
-        """PC-DARTS's per-edge node weights: ``{"normal": (14,), "reduce": (14,)}``, or None."""
+    def set_edge_weights(self, weights: list[torch.Tensor] | None) -> None:
+        """PC-DARTS's node weights of the edges: one scalar per decision (28), or None (plain sums)."""
+        per_type = None
+        if weights is not None:
+            per_type = {t: torch.stack([w for w, e in zip(weights, self._decisions, strict=True) if e.cell_type == t])
+                        for t in {e.cell_type for e in self._decisions}}
         for cell in self.cells:
-            cell.edge_weights = None if weights is None else weights[cell.cell_type]
+            cell.edge_weights = None if per_type is None else per_type[cell.cell_type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
@@ -116,7 +120,7 @@ class CellSupernet(nn.Module):
         ``KEEP`` incoming edges whose strongest op other than ``none`` is strongest, each with that op.
         ``edge_log_weights`` (PC-DARTS: log of the normalized edge weights, one per decision) are added
         to an edge's strength."""
-        return derive_genotype(log_probs, edge_log_weights)
+        return self.space.derive(self.choices, log_probs, edge_log_weights)
 
     def child_state_dict(self, tokens) -> None:
         """None: the evaluation network (``C``, ``layers``) is another network than the search network

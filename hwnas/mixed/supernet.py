@@ -13,7 +13,6 @@ from hwnas.spaces.chain import ChainSpace, Plan
 
 
 class ChainSupernet(nn.Module):
-    kind = "chain"
 
     def __init__(self, space: ChainSpace, config: dict, mixed_op: type[MixedOp], resolution: int | None = None,
                  num_classes: int | None = None):
@@ -46,8 +45,8 @@ class ChainSupernet(nn.Module):
         return [self.mixed[i]]
 
     def derive(self, log_probs) -> list[str]:
-        """The most probable candidate of every layer."""
-        return [c[int(lp.argmax())] for c, lp in zip(self.choices, log_probs, strict=True)]
+        """The space's unconstrained derivation: the most probable candidate of every layer."""
+        return self.space.derive(self.choices, log_probs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first(self.stem(x))

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hwnas.fsio import atomic_write_text
-from hwnas.spaces.chain import ArchError, ChainSpace, Plan
+from hwnas.spaces.base import Space
+from hwnas.spaces.chain import ArchError, Plan
 from hwnas.spaces.definitions import SPACES
-from hwnas.spaces.tokens import parse_token
 
 
-def get_space(name: str) -> ChainSpace:
+def get_space(name: str) -> Space:
     try:
         return SPACES[name]
     except (KeyError, TypeError):
@@ -36,30 +36,13 @@ class Arch:
         self.validate()
 
     @property
-    def space_obj(self) -> ChainSpace:
+    def space_obj(self) -> Space:
         return get_space(self.space)
 
     def validate(self) -> None:
         space = get_space(self.space)
         self.config = space.resolve_config(self.config)
-        if getattr(space, "kind", "chain") == "cell":
-            space.check_layers(self.config, self.layers)
-            return
-        plan = space.plan(self.config)
-        if not isinstance(self.layers, list):
-            raise ArchError(f"arch layers must be a list of tokens, got {type(self.layers).__name__}")
-        if len(self.layers) != len(plan.layers):
-            raise ArchError(f"arch has {len(self.layers)} layers but its {self.space!r} config has "
-                            f"{len(plan.layers)} (stage depths {[s['n'] for s in self.config['stages']]})")
-        for i, (token, part) in enumerate(zip(self.layers, plan.layers)):
-            if token not in part.choices:
-                try:
-                    parse_token(token)
-                    why = "not a candidate here"
-                except ValueError as e:
-                    why = str(e)
-                raise ArchError(f"layer {i} (stage {part.stage}, position {part.position}): token {token!r} "
-                                f"is {why}; allowed: {', '.join(part.choices)}")
+        space.check_layers(self.config, self.layers)
 
     def plan(self, resolution: int | None = None) -> Plan:
         return self.space_obj.plan(self.config, resolution)
@@ -75,8 +58,7 @@ class Arch:
     def from_dict(cls, d: dict, source: str = "arch") -> "Arch":
         if not isinstance(d, dict):
             raise ArchError(f"{source}: an arch must be a JSON object with 'space', 'config', 'layers'")
-        if "layers" not in d and "genotype" in d and d.get("space") in SPACES and \
-                getattr(SPACES[d["space"]], "kind", "chain") == "cell":
+        if "layers" not in d and "genotype" in d and d.get("space") in SPACES:
             try:
                 d = {**d, "layers": SPACES[d["space"]].layers_from_genotype(d["genotype"], source)}
             except ArchError as e:
@@ -105,11 +87,5 @@ class Arch:
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
-    @property
-    def is_cell(self) -> bool:
-        return getattr(self.space_obj, "kind", "chain") == "cell"
-
     def __str__(self) -> str:
-        if self.is_cell:
-            return f"{self.space}:{self.space_obj.describe(self.layers)}"
-        return f"{self.space}[{' '.join(self.layers)}]"
+        return self.space_obj.label(self.layers)

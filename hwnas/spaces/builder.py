@@ -33,12 +33,7 @@ def build_child(arch: Arch | dict, resolution: int | None = None, num_classes: i
         arch = Arch.from_dict(arch)
     if num_classes is not None:
         arch = arch.with_config(num_classes=num_classes)
-    if arch.is_cell:
-        return arch.space_obj.build_network(arch.layers, arch.config, resolution)
-    space, plan = arch.space_obj, arch.plan(resolution)
-    make = lambda part, token=None: space.make_module(part, token, plan.config)  # noqa: E731
-    return ChildNet(make(plan.stem), make(plan.first) if plan.first else None,
-                    [make(p, t) for p, t in zip(plan.layers, arch.layers)], make(plan.head), make(plan.classifier))
+    return arch.space_obj.build_child(arch.layers, arch.config, resolution)
 
 
 def count_params(module: nn.Module, auxiliary: bool = False) -> int:

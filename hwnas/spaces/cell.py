@@ -35,139 +35,32 @@ concatenation are not profiled (a calibration by ``hwnas latency validate`` abso
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from hwnas.spaces.cell_ops import NONE, OPS, AuxiliaryHead, FactorizedReduce, ReLUConvBN, drop_path, make_op
+from hwnas.spaces.base import LatencyTerms, Space, _rank_weights
+from hwnas.spaces.cell_ops import NONE, OPS, FactorizedReduce, ReLUConvBN, make_op
+from hwnas.spaces.cell_plan import (CELL_TYPES, CONFIG_KEYS, EDGES, KEEP, STEPS, CellPlan, CellPosition,  # noqa: F401
+                                    Edge, FixedPart, GlobalPoolClassifier, Stem, _is_int, cell_edges,
+                                    network_positions)
 from hwnas.spaces.chain import ArchError
 
-STEPS = 4  # intermediate nodes per cell
-KEEP = 2  # incoming edges each intermediate node keeps
-CELL_TYPES = ("normal", "reduce")
-CONFIG_KEYS = ("C", "layers", "search_C", "search_layers", "stem_multiplier", "auxiliary", "auxiliary_weight",
-               "drop_path", "resolution", "num_classes")
+class CellSpace(Space):
+    """The ``darts`` space (the ``Space`` protocol). Its 28 decisions are not independent: every node
+    keeps ``KEEP`` of its incoming edges (``decision_groups``), so sampling, mutation, the derivations and
+    the expected latency are the cell's own."""
 
-
-def cell_edges() -> list[tuple[int, int]]:
-    """(node, input) of the 14 edges of a cell, in the Arch's order."""
-    return [(node, src) for node in range(2, 2 + STEPS) for src in range(node)]
-
-
-EDGES = cell_edges()
-
-
-@dataclass(frozen=True)
-class Edge:
-    """One searchable decision: the op on edge ``source -> node`` of every cell of ``cell_type``."""
-
-    cell_type: str
-    node: int
-    source: int
-    choices: tuple[str, ...] = OPS
-    kind: str = "edge"
-
-    @property
-    def name(self) -> str:
-        return f"{self.cell_type} {self.source}->{self.node}"
-
-
-@dataclass(frozen=True)
-class CellPosition:
-    """One cell of a network: its type, channels (``c`` per node; inputs ``c_pp``/``c_p``) and the
-    resolutions of its two inputs (``r_pp``, ``r_p``)."""
-
-    index: int
-    reduction: bool
-    reduction_prev: bool
-    c_pp: int
-    c_p: int
-    c: int
-    r_pp: int
-    r_p: int
-
-    @property
-    def cell_type(self) -> str:
-        return "reduce" if self.reduction else "normal"
-
-    @property
-    def out_res(self) -> int:
-        return (self.r_p - 1) // 2 + 1 if self.reduction else self.r_p
-
-    def edge_shape(self, source: int) -> tuple[int, int]:
-        """(stride, input resolution) of an edge from ``source``."""
-        if self.reduction and source < 2:
-            return 2, self.r_p
-        return 1, self.out_res
-
-
-@dataclass(frozen=True)
-class FixedPart:
-    """A part every network of the space has: ``kind`` (stem, preprocess, classifier), its table
-    signature, the input shape without batch, and how to build it."""
-
-    kind: str
-    signature: str
-    in_shape: tuple[int, ...]
-    build: object  # () -> nn.Module
-
-
-@dataclass(frozen=True)
-class CellPlan:
-    config: dict
-    resolution: int
-    positions: tuple[CellPosition, ...]
-    layers: tuple[Edge, ...]
-    fixed: tuple[FixedPart, ...]
-    final_channels: int
-    final_res: int
-
-
-def network_positions(C: int, layers: int, stem_multiplier: int, resolution: int) -> tuple[list[CellPosition], int, int]:
-    """The cells of a DARTS CIFAR network (``NetworkCIFAR`` / the search ``Network`` of the paper's code):
-    reductions at ``layers // 3`` and ``2 * layers // 3``; returns (positions, final channels, final res)."""
-    c_curr = stem_multiplier * C
-    c_pp, c_p, c = c_curr, c_curr, C
-    r_pp = r_p = resolution
-    out, reduction_prev = [], False
-    for i in range(layers):
-        reduction = i in (layers // 3, 2 * layers // 3)
-        if reduction:
-            c *= 2
-        pos = CellPosition(i, reduction, reduction_prev, c_pp, c_p, c, r_pp, r_p)
-        out.append(pos)
-        c_pp, c_p = c_p, STEPS * c
-        r_pp, r_p = r_p, pos.out_res
-        reduction_prev = reduction
-    return out, c_p, r_p
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-class GlobalPoolClassifier(nn.Module):
-    def __init__(self, channels: int, num_classes: int):
-        super().__init__()
-        self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x.mean((2, 3)))
-
-
-class Stem(nn.Sequential):
-    def __init__(self, cout: int):
-        super().__init__(nn.Conv2d(3, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
-
-
-class CellSpace:
-    """The ``darts`` space. Duck-types ``ChainSpace`` where the rest of hwnas needs it (``name``,
-    ``resolve_config``, ``plan``, ``signatures``, ``check_layers``, ``build_network``)."""
-
-    kind = "cell"
     name = "darts"
+    capabilities = frozenset({"cells"})
+    # its search network costs seconds a batch-32 step on a small CPU (measurements: docs/measurements.md,
+    # 'DARTS cell search cost'), and the DARTS family updates alpha from the first epoch
+    search_epochs = (2, 0)
+    # the DARTS evaluation recipe (Liu et al. 2019, Sec. 3.3 / A.2); without the clip the 20-cell network's
+    # first epoch diverges at lr 0.05
+    train_defaults = {"lr": 0.025, "weight_decay": 3e-4, "grad_clip": 5.0, "nesterov": False}
+    absent_token = NONE
     paper = "Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019."
     defaults = {"C": 36, "layers": 20, "search_C": 16, "search_layers": 8, "stem_multiplier": 3,
                 "auxiliary": False, "auxiliary_weight": 0.4, "drop_path": 0.0, "resolution": 32, "num_classes": 10}
@@ -201,8 +94,11 @@ class CellSpace:
 
     # -- decisions and plans --------------------------------------------------------------------------
     @staticmethod
-    def decisions() -> tuple[Edge, ...]:
+    def decisions(config: dict | None = None) -> tuple[Edge, ...]:
         return tuple(Edge(t, node, src) for t in CELL_TYPES for node, src in EDGES)
+
+    def decision_groups(self) -> list[list[int]]:
+        return self.node_groups()
 
     @staticmethod
     def node_groups() -> list[list[int]]:
@@ -349,8 +245,125 @@ class CellSpace:
         return (f"Genotype(normal={fmt(g['normal'])}, normal_concat={g['normal_concat']}, "
                 f"reduce={fmt(g['reduce'])}, reduce_concat={g['reduce_concat']})")
 
-    def build_network(self, layers: list[str], config: dict, resolution: int | None = None) -> "DartsNetwork":
+    def label(self, layers: list[str]) -> str:
+        return f"{self.name}:{self.describe(layers)}"
+
+    def history_record(self, layers: list[str]) -> dict:
+        return {"genotype": self.describe(layers)}
+
+    def derived_arch_summary(self, layers: list[str]) -> str:
+        return f"derived genotype: {self.describe(layers)}"
+
+    def figures(self, layers: list[str]) -> dict:
+        """The DARTS collapse: the share of the normal cell's kept edges that are skip-connects."""
+        normal = self.genotype(layers)["normal"]
+        return {"normal_skip_share": sum(op == "skip_connect" for op, _ in normal) / len(normal)}
+
+    # -- building -------------------------------------------------------------------------------------
+    def build_child(self, layers: list[str], config: dict, resolution: int | None = None) -> nn.Module:
+        from hwnas.spaces.cell_network import DartsNetwork
+
         return DartsNetwork(layers, self.resolve_config(config), resolution)
+
+    def build_supernet(self, config: dict, mixed_op, resolution: int | None = None, num_classes: int | None = None,
+                       **options) -> nn.Module:
+        """The search network (``hwnas.mixed.cell_supernet.CellSupernet``); ``options`` are its ``layers``,
+        ``choices`` and ``skip_dropout`` (P-DARTS's stages)."""
+        from hwnas.mixed.cell_supernet import CellSupernet
+
+        return CellSupernet(self, config, mixed_op, resolution, num_classes, **options)
+
+    # -- latency --------------------------------------------------------------------------------------
+    def latency_terms(self, config: dict) -> LatencyTerms:
+        plan = self.plan(config)
+        return LatencyTerms(choices=[e.choices for e in plan.layers],
+                            signatures=[[self.signatures(e, t, config) for t in e.choices] for e in plan.layers],
+                            fixed=[(f.kind, [f.signature]) for f in plan.fixed])
+
+    def expected_latency(self, probs: list, layer_ms: list, fixed_ms: float, edge_weights=None):
+        """E[LAT] of a cell: an edge's op is drawn from its probabilities given that the edge is kept, and a
+        node keeps ``KEEP`` of its incoming edges, edge ``e`` with probability ``min(1, KEEP * w_e /
+        sum_node w)``, ``w_e = 1 - p_e(none)`` (times PC-DARTS's edge weight when ``edge_weights`` is given).
+        At a converged (one-hot) architecture this is the derived genotype's latency; while the weights are
+        soft it is a smooth stand-in whose gradient moves the ops and the edges the way the derivation will
+        read them."""
+        total = 0.0
+        for group in self.node_groups():
+            mass = torch.stack([(probs[i] * layer_ms[i].to(probs[i].dtype)).sum() for i in group])
+            kept = torch.stack([1 - probs[i][0] for i in group]).clamp_min(1e-6)  # OPS[0] is none
+            w = kept if edge_weights is None else kept * torch.stack([edge_weights[i] for i in group])
+            share = torch.clamp(KEEP * w / w.sum(), max=1.0)
+            total = total + (share * mass / kept).sum()
+        return total + fixed_ms
+
+    def extremes(self, choices, layer_ms) -> tuple[list[str], list[str]]:
+        """Per node the ``KEEP`` edges whose cheapest / dearest op is cheapest / dearest."""
+        return self._extreme(choices, layer_ms, min), self._extreme(choices, layer_ms, max)
+
+    def _extreme(self, choices, layer_ms, pick) -> list[str]:
+        tokens = [NONE] * len(choices)
+        for group in self.node_groups():
+            best = []
+            for i in group:
+                lat = np.asarray(layer_ms[i], float)[1:]  # every op but none
+                j = int(np.argmin(lat) if pick is min else np.argmax(lat)) + 1
+                best.append((float(layer_ms[i][j]), i, j))
+            best.sort(reverse=pick is max)
+            for _, i, j in best[:KEEP]:
+                tokens[i] = choices[i][j]
+        return tokens
+
+    def derive(self, choices, log_probs, edge_log_weights=None) -> list[str]:
+        """The paper's derivation (Sec. 2.4): ``derive_genotype``."""
+        return derive_genotype(log_probs, edge_log_weights)
+
+    def derive_within(self, choices, log_probs, layer_ms, fixed_ms, lower_ms, upper_ms) -> list[str]:
+        """The most probable genotype (two edges per node) in ``[lower_ms, upper_ms]``
+        (``hwnas.objective.most_probable_cell_within``)."""
+        from hwnas.objective import most_probable_cell_within
+
+        lat = [np.asarray(x, dtype=np.float64) for x in layer_ms]
+        idx = most_probable_cell_within(log_probs, lat, fixed_ms, lower_ms, upper_ms, self.node_groups(), keep=KEEP)
+        return [c[j] for c, j in zip(choices, idx)]
+
+    # -- sampling and mutation ------------------------------------------------------------------------
+    def sample(self, rng, config: dict | None = None) -> list[str]:
+        """A random genotype: per node ``KEEP`` distinct incoming edges drawn uniformly, each an op other
+        than ``none`` drawn uniformly."""
+        return self._sample(rng, lambda i, ops: rng.choice(ops))
+
+    def sample_spread(self, rng, config, layer_ms, width: float = 0.2) -> list[str]:
+        """A random genotype whose ops are drawn by their latency rank around a per-genotype level (see
+        ``Space.sample_spread``)."""
+        q = rng.random()
+        return self._sample(rng, lambda i, ops: rng.choices(ops, weights=_rank_weights(
+            np.asarray(layer_ms[i], float)[1:], q, width))[0])
+
+    def _sample(self, rng, pick_op) -> list[str]:
+        decisions = self.decisions()
+        tokens = [NONE] * len(decisions)
+        for group in self.node_groups():
+            for i in rng.sample(group, KEEP):
+                tokens[i] = pick_op(i, [o for o in decisions[i].choices if o != NONE])
+        return tokens
+
+    def mutate(self, layers: list[str], rng, config: dict | None = None) -> list[str]:
+        """A neighbouring genotype (Real et al. 2019, Sec. 3: an op mutation or a hidden-state mutation):
+        a random kept edge either takes another op, or moves to another input of its node with its op."""
+        out = list(layers)
+        group = rng.choice(self.node_groups())
+        kept = [i for i in group if layers[i] != NONE]
+        i = rng.choice(kept)
+        free = [j for j in group if layers[j] == NONE]
+        if free and rng.random() < 0.5:
+            j = rng.choice(free)
+            out[j], out[i] = layers[i], NONE
+        else:
+            out[i] = rng.choice([o for o in OPS if o not in (NONE, layers[i])])
+        return out
+
+    def cover(self, rng, config, reps):
+        raise ValueError("space 'darts' has no covering design (its networks are cells, not a chain of blocks)")
 
 
 def derive_genotype(log_probs, edge_log_weights=None) -> list[str]:
@@ -378,69 +391,6 @@ def derive_genotype(log_probs, edge_log_weights=None) -> list[str]:
         for _, i, j in sorted(best, key=lambda t: -t[0])[:KEEP]:
             layers[i] = OPS[j]
     return layers
-
-
-class EvalCell(nn.Module):
-    """A cell of the evaluation network: only the kept edges, each its op (BatchNorms affine)."""
-
-    def __init__(self, layers: list[str], pos: CellPosition):
-        super().__init__()
-        self.reduction = pos.reduction
-        self.preprocess0 = (FactorizedReduce(pos.c_pp, pos.c) if pos.reduction_prev
-                            else ReLUConvBN(pos.c_pp, pos.c, 1, 1, 0))
-        self.preprocess1 = ReLUConvBN(pos.c_p, pos.c, 1, 1, 0)
-        ops, sources, nodes = [], [], []
-        for token, e in zip(layers, CellSpace.decisions()):
-            if e.cell_type == pos.cell_type and token != NONE:
-                ops.append(make_op(token, pos.c, pos.edge_shape(e.source)[0]))
-                sources.append(e.source)
-                nodes.append(e.node)
-        self.ops = nn.ModuleList(ops)
-        self.sources, self.nodes = sources, nodes
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for node in range(2, 2 + STEPS):
-            total = None
-            for op, src, n in zip(self.ops, self.sources, self.nodes):
-                if n != node:
-                    continue
-                h = op(states[src])
-                if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
-                    h = drop_path(h, drop_prob)
-                total = h if total is None else total + h
-            states.append(total)
-        return torch.cat(states[2:], dim=1)
-
-
-class DartsNetwork(nn.Module):
-    """The evaluation network of a genotype (``NetworkCIFAR`` of the DARTS code): stem, ``layers`` cells,
-    the optional auxiliary head after the second reduction (training only; its logits are left in
-    ``aux_logits``), global pooling and the classifier. ``drop_path_prob`` is read at every forward."""
-
-    def __init__(self, layers: list[str], config: dict, resolution: int | None = None):
-        super().__init__()
-        space = CellSpace()
-        plan = space.plan(config, resolution)
-        cfg = plan.config
-        self.stem = Stem(cfg["stem_multiplier"] * cfg["C"])
-        self.cells = nn.ModuleList(EvalCell(layers, p) for p in plan.positions)
-        self.aux_at = 2 * cfg["layers"] // 3
-        self.auxiliary = (AuxiliaryHead(STEPS * plan.positions[self.aux_at].c, cfg["num_classes"])
-                          if cfg["auxiliary"] else None)
-        self.head = GlobalPoolClassifier(plan.final_channels, cfg["num_classes"])
-        self.drop_path_prob = float(cfg["drop_path"])
-        self.auxiliary_weight = float(cfg["auxiliary_weight"])
-        self.aux_logits: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s0 = s1 = self.stem(x)
-        self.aux_logits = None
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == self.aux_at and self.auxiliary is not None and self.training:
-                self.aux_logits = self.auxiliary(s1)
-        return self.head(s1)
 
 
 SPACE = CellSpace()

@@ -32,10 +32,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
 from hwnas.blocks import ConvBNAct, Head, Classifier, MBConv, make_divisible
+from hwnas.spaces.base import Decision, LatencyTerms, Space
 from hwnas.spaces.tokens import SKIP, parse_token
 
 
@@ -88,8 +90,9 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class ChainSpace:
+class ChainSpace(Space):
     """A chain search space: candidate tokens, where ``skip`` is allowed, and the default skeleton.
+    Its decisions are the searchable layers, independent of each other (the ``Space`` defaults).
 
     ``skip_where``: "inner" (every layer that is not the first of its stage: the block is dropped
     and its residual remains, ProxylessNAS's zero op), "everywhere" (also on a stage's first layer,
@@ -102,6 +105,9 @@ class ChainSpace:
     defaults: dict
     paper: str
     notes: str = ""
+
+    capabilities = frozenset({"layers"})
+    chained_blocks = True
 
     def choices(self, first_of_stage: bool) -> tuple[str, ...]:
         if self.skip_where == "everywhere" or (self.skip_where == "inner" and not first_of_stage):
@@ -122,6 +128,81 @@ class ChainSpace:
 
     def num_layers(self, config: dict | None = None) -> int:
         return sum(s["n"] for s in self.resolve_config(config)["stages"])
+
+    def decisions(self, config: dict | None = None) -> tuple[Decision, ...]:
+        return tuple(Decision(f"layer {i}", p.choices) for i, p in enumerate(self.plan(config).layers))
+
+    def check_layers(self, config: dict, layers) -> None:
+        plan = self.plan(config)
+        if not isinstance(layers, list):
+            raise ArchError(f"arch layers must be a list of tokens, got {type(layers).__name__}")
+        if len(layers) != len(plan.layers):
+            raise ArchError(f"arch has {len(layers)} layers but its {self.name!r} config has "
+                            f"{len(plan.layers)} (stage depths {[s['n'] for s in plan.config['stages']]})")
+        for i, (token, part) in enumerate(zip(layers, plan.layers)):
+            if token not in part.choices:
+                try:
+                    parse_token(token)
+                    why = "not a candidate here"
+                except ValueError as e:
+                    why = str(e)
+                raise ArchError(f"layer {i} (stage {part.stage}, position {part.position}): token {token!r} "
+                                f"is {why}; allowed: {', '.join(part.choices)}")
+
+    # -- building ---------------------------------------------------------------------------
+    def build_child(self, layers: list[str], config: dict, resolution: int | None = None) -> nn.Module:
+        """stem -> [first] -> layers -> head -> classifier (``hwnas.spaces.builder.ChildNet``)."""
+        from hwnas.spaces.builder import ChildNet
+
+        plan = self.plan(config, resolution)
+        make = lambda part, token=None: self.make_module(part, token, plan.config)  # noqa: E731
+        return ChildNet(make(plan.stem), make(plan.first) if plan.first else None,
+                        [make(p, t) for p, t in zip(plan.layers, layers)], make(plan.head), make(plan.classifier))
+
+    def build_supernet(self, config: dict, mixed_op, resolution: int | None = None, num_classes: int | None = None,
+                       **options) -> nn.Module:
+        from hwnas.mixed.supernet import ChainSupernet
+
+        if options:
+            raise ValueError(f"space {self.name!r}: the chain supernet takes no options, got {sorted(options)}")
+        return ChainSupernet(self, config, mixed_op, resolution, num_classes)
+
+    # -- latency ----------------------------------------------------------------------------
+    def latency_terms(self, config: dict) -> LatencyTerms:
+        plan = self.plan(config)
+        keys = lambda p, t=None: [s] if (s := self.signature(p, t, config)) is not None else []  # noqa: E731
+        return LatencyTerms(choices=[p.choices for p in plan.layers],
+                            signatures=[[keys(p, t) for t in p.choices] for p in plan.layers],
+                            fixed=[(p.kind, keys(p)) for p in plan.fixed])
+
+    def profiled_blocks(self, config: dict | None = None) -> list[tuple[str, object, tuple[int, ...]]]:
+        """Every distinct (part, candidate) at the config's deploy resolution: the fixed parts (stem, first
+        block, head, classifier) and every candidate of every layer; identities (``skip`` where the shape
+        is kept) cost nothing and are not listed."""
+        cfg = self.resolve_config(config)
+        plan = self.plan(cfg)
+        items = [(p, None) for p in plan.fixed] + [(p, t) for p in plan.layers for t in p.choices]
+        out, seen = [], set()
+        for part, token in items:
+            sig = self.signature(part, token, cfg)
+            if sig is None or sig in seen:
+                continue
+            seen.add(sig)
+            shape = (part.cin,) if part.kind == "classifier" else (part.cin, part.in_res, part.in_res)
+            out.append((sig, partial(self.make_module, part, token, cfg), shape))
+        return out
+
+    def block_positions(self, config: dict, layers: list[str]) -> list[tuple[str, str | None]]:
+        """``(attribute path, signature)`` of every top-level block of the child of ``layers``, in the order
+        they run; ``None`` for blocks with no row (identities)."""
+        plan = self.plan(config)
+        out = [("stem", self.signature(plan.stem, None, config))]
+        if plan.first is not None:
+            out.append(("first", self.signature(plan.first, None, config)))
+        out += [(f"layers.{i}", self.signature(p, t, config)) for i, (p, t) in enumerate(zip(plan.layers, layers))]
+        out += [("head", self.signature(plan.head, None, config)),
+                ("classifier", self.signature(plan.classifier, None, config))]
+        return out
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, config: dict | None = None, resolution: int | None = None) -> Plan:

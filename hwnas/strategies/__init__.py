@@ -1,5 +1,6 @@
 """Search strategies, registered by name (``STRATEGIES``); importing this package registers them."""
-from hwnas.strategies.base import STRATEGIES, Strategy, get_strategy, register
+from hwnas.strategies.base import STRATEGIES, DeriveContext, Strategy, get_strategy, register
+from hwnas.strategies.factorized import FactorizedStrategy
 from hwnas.strategies import darts, fbnet, gdas, pcdarts, pdarts, proxyless, spnas  # noqa: F401  (registers them)
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy", "register"]
+__all__ = ["STRATEGIES", "DeriveContext", "FactorizedStrategy", "Strategy", "get_strategy", "register"]

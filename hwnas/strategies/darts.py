@@ -22,7 +22,7 @@
 - Derivation (Sec. 2.4): chain spaces the strongest candidate per layer; the cell space the top-2
   incoming edges per node by their strongest op other than ``none``.
 - Latency: DARTS has no latency term; with ``--latency-target`` the shared multiplier
-  (``hwnas.latency.multiplier``) adds ``lam * (E[LAT] / T* - 1)`` to ``L_val`` with ``E[LAT]`` from the
+  (``hwnas.objective.LatencyMultiplier``) adds ``lam * (E[LAT] / T* - 1)`` to ``L_val`` with ``E[LAT]`` from the
   table under ``softmax(alpha)`` (``LatencyModel.expected``).
 """
 from __future__ import annotations
@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.mixed.weighted_sum import WeightedSumOp
-from hwnas.strategies.base import Strategy, register
+from hwnas.strategies.base import register
+from hwnas.strategies.factorized import FactorizedStrategy
 
 DARTS_SPACES = ("darts", "proxyless", "fbnet")
 
 
 @register
-class DARTS(Strategy):
+class DARTS(FactorizedStrategy):
     name = "darts"
     mixed_op = WeightedSumOp
     spaces = DARTS_SPACES

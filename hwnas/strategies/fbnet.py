@@ -13,7 +13,7 @@ architecture search over a stochastic supernet with Gumbel-softmax sampling.
 - Loss (eq. 2): ``L(a, w_a) = CE(a, w_a) * alpha * log(LAT(a)) ** beta`` with ``alpha = 0.2``,
   ``beta = 0.6`` (Sec. 4.1), LAT in ms (so it needs LAT above 1 ms). With ``--latency-target`` the
   search minimizes ``CE`` plus the shared latency multiplier's penalty on ``LAT(a)``
-  (``hwnas.latency.multiplier``) instead; the paper's form stays the default without a target.
+  (``hwnas.objective.LatencyMultiplier``) instead; the paper's form stays the default without a target.
 - Temperature (Sec. 4.1): ``tau = 5.0`` at the start, multiplied by ``exp(-0.045)`` every epoch.
 - Optimization (Sec. 4.1): ``theta`` by Adam, lr 0.01, weight decay 5e-4, on validation batches; the
   weights by the loop's SGD on training batches with a (detached) Gumbel sample per layer, after
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.mixed.weighted_sum import WeightedSumOp
-from hwnas.strategies.base import Strategy, register
+from hwnas.strategies.base import register
+from hwnas.strategies.factorized import FactorizedStrategy
 
 
 def temperature(epoch: int, tau0: float = 5.0, decay: float = 0.045) -> float:
@@ -44,7 +45,7 @@ def fbnet_loss(ce: torch.Tensor, lat_ms: torch.Tensor, alpha: float = 0.2, beta:
 
 
 @register
-class FBNet(Strategy):
+class FBNet(FactorizedStrategy):
     name = "fbnet"
     mixed_op = WeightedSumOp
     defaults = {"arch_lr": 0.01, "arch_weight_decay": 5e-4, "alpha": 0.2, "beta": 0.6, "tau0": 5.0,

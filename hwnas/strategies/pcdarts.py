@@ -46,11 +46,11 @@ class PCDARTS(DARTS):
         return type(f"PartialChannelOp{k}", (PartialChannelOp,), {"K": k})
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
-        has_edges = getattr(supernet, "kind", "chain") == "cell"
+        groups = supernet.space.decision_groups()  # a node's incoming edges, or None (a chain of layers)
         super().__init__(supernet, latency, target_ms, **options)
         # beta: one logit per decision (edge); normalized over each node's incoming edges
         self.beta = nn.ParameterList(nn.Parameter(torch.full((1,), 1e-3) * torch.randn(1)) for _ in self.alpha) \
-            if has_edges else nn.ParameterList()
+            if groups is not None else nn.ParameterList()
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=self.options["arch_lr"], betas=(0.5, 0.999),
                                          weight_decay=self.options["arch_weight_decay"])
         self.partial_layers = sum(1 for i in range(len(self.alpha)) for op in supernet.decision_ops(i)[:1] if op.k > 1)
@@ -65,7 +65,7 @@ class PCDARTS(DARTS):
         if not len(self.beta):
             return None
         out: list[torch.Tensor | None] = [None] * len(self.alpha)
-        for group in self.supernet.space.node_groups():
+        for group in self.space.decision_groups():
             w = F.softmax(torch.cat([self.beta[i] for i in group]), dim=0)
             for k, i in enumerate(group):
                 out[i] = w[k]
@@ -75,8 +75,7 @@ class PCDARTS(DARTS):
         super().configure(weights)
         ew = self.edge_weights()
         if ew is not None:
-            self.supernet.set_edge_weights({t: torch.stack(ew[14 * c:14 * (c + 1)])
-                                            for c, t in enumerate(("normal", "reduce"))})
+            self.supernet.set_edge_weights(ew)
 
     def set_eval_path(self, tokens: list[str]) -> None:
         super().set_eval_path(tokens)

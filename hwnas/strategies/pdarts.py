@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.mixed.cell_supernet import CellSupernet
 from hwnas.spaces.cell_ops import OPS
 from hwnas.strategies.base import register
 from hwnas.strategies.darts import DARTS
@@ -46,8 +45,8 @@ class PDARTS(DARTS):
     @classmethod
     def make_supernet(cls, space, config, resolution, num_classes, **kwargs):
         depths = kwargs.get("depths", cls.defaults["depths"])
-        return CellSupernet(space, config, cls.mixed_op_for(**kwargs), resolution, num_classes, layers=int(depths[0]),
-                            skip_dropout=True)
+        return space.build_supernet(config, cls.mixed_op_for(**kwargs), resolution, num_classes,
+                                    layers=int(depths[0]), skip_dropout=True)
 
     def __init__(self, supernet, latency=None, target_ms=None, **options):
         super().__init__(supernet, latency, target_ms, **options)
@@ -58,6 +57,7 @@ class PDARTS(DARTS):
             raise ValueError(f"method 'pdarts': keep must start at {len(OPS)} and shrink, each >= 2; got {o['keep']}")
         self.stage = 0
         self.kept = [list(range(len(OPS))) for _ in self.alpha]
+        self.normal_edges = [i for i, e in enumerate(self.space.decisions()) if e.cell_type == "normal"]
 
     # -- stages ------------------------------------------------------------------------------------------
     def stage_of(self, epoch: int) -> tuple[int, int, int]:
@@ -97,9 +97,9 @@ class PDARTS(DARTS):
         device = next(old.parameters()).device
         choices = [tuple(OPS[j] for j in k) for k in kept]
         res = old.resolution
-        self.supernet = CellSupernet(old.space, old.config, self.mixed_op_for(**self.options), res, old.config["num_classes"],
-                                     layers=int(self.options["depths"][stage]), choices=choices,
-                                     skip_dropout=True).to(device)
+        self.supernet = self.space.build_supernet(old.config, self.mixed_op_for(**self.options), res,
+                                                  old.config["num_classes"], layers=int(self.options["depths"][stage]),
+                                                  choices=choices, skip_dropout=True).to(device)
         for i in range(len(kept)):
             for op in self.supernet.decision_ops(i):
                 op.fused = bool(self.options["fused"])
@@ -127,9 +127,17 @@ class PDARTS(DARTS):
             out.append(row)
         return out
 
-    def derive(self) -> list[str]:
+    def current_arch(self) -> list[str]:
         """DARTS's derivation, then at most ``max_skip`` skip-connects in the normal cell (Sec. 3.3)."""
         return self.limit_skips(self.log_probabilities())
+
+    def derive(self, context=None) -> list[str]:
+        """``current_arch()``; with a binding target the skip limit wraps the constrained derivation (at
+        most ``max_skip`` skip-connects, target or not)."""
+        if context is None or context.target_ms is None:
+            return self.current_arch()
+        return self.limit_skips(self.log_probabilities(),
+                                lambda lp: context.latency.derive_within(lp, context.lower_ms, context.target_ms))
 
     def limit_skips(self, log_probs: list[np.ndarray], derive=None) -> list[str]:
         """Derive (``derive(lp)``, default the supernet's), and while the normal cell has more than
@@ -140,7 +148,7 @@ class PDARTS(DARTS):
         skip = OPS.index("skip_connect")
         while True:
             tokens = derive(lp)
-            normal_skips = [i for i in range(14) if tokens[i] == "skip_connect"]
+            normal_skips = [i for i in self.normal_edges if tokens[i] == "skip_connect"]
             if len(normal_skips) <= int(self.options["max_skip"]):
                 return tokens
             weakest = min(normal_skips, key=lambda i: lp[i][skip])

@@ -11,8 +11,8 @@
   offset so the probabilities of the unsampled paths stay as they were (the paper's rescaling).
 - Latency (Sec. 3.3.1, eq. 5): ``E[LAT] = sum_l sum_i p_{l,i} F(o_{l,i})`` with F the latency table;
   its gradient reaches every logit directly. Loss forms ``mul#log`` and ``add#linear``
-  (hwnas.latency.penalty.latency_loss), plus the shared latency multiplier with a target
-  (hwnas.latency.multiplier). Defaults are the released code's: Adam lr 1e-3,
+  (hwnas.objective.latency_loss), plus the shared latency multiplier with a target
+  (hwnas.objective.LatencyMultiplier). Defaults are the released code's: Adam lr 1e-3,
   betas (0, 0.999), eps 1e-8, no weight decay; mul#log alpha 0.2 beta 0.3; add#linear lambda 0.1.
 - Option ``weights``: ``shared`` (default) cuts the candidates of every kernel x expansion layer out of
   one MBConv (``SharedBinaryGatedOp``: Once-for-All's elastic kernel and width), ``separate`` gives
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from hwnas.mixed.binary_gate import BinaryGatedOp
 from hwnas.mixed.shared_gate import SharedBinaryGatedOp
-from hwnas.strategies.base import Strategy, register
+from hwnas.strategies.base import register
+from hwnas.strategies.factorized import FactorizedStrategy
 
 
 def two_path_alpha_grad(alpha: torch.Tensor, pair: tuple[int, ...], gate_grad: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ def two_path_alpha_grad(alpha: torch.Tensor, pair: tuple[int, ...], gate_grad: t
 
 
 @register
-class ProxylessNAS(Strategy):
+class ProxylessNAS(FactorizedStrategy):
     name = "proxyless"
     mixed_op = BinaryGatedOp
     defaults = {"arch_lr": 1e-3, "loss": "mul#log", "loss_params": None, "target_step": 0.05, "weights": "shared"}

@@ -13,7 +13,7 @@ one superkernel per layer, decisions by learned thresholds on weight norms.
   differentiable in the thresholds and the weight norms through the indicators), ``R = R_fixed + sum_l R_l``.
 - Loss (Sec. 3.4, eq. 7): ``CE + lambda * log(R)``, ``lambda = 0.02`` (the released search script's
   ``runtime_lambda_val``), R in ms. With ``--latency-target`` the shared latency multiplier's penalty on R
-  replaces the log term (``hwnas.latency.multiplier``).
+  replaces the log term (``hwnas.objective.LatencyMultiplier``).
 - Deriving the architecture (Sec. 3.5) reads the indicators: each layer's token is the one the current
   decisions select. For the constrained derivation each decision ``j`` is on with probability
   ``sigmoid(z_j)`` (``z = ||.||^2 - t``) and a token scores the probability of its most probable
@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.mixed.superkernel import SuperkernelOp
-from hwnas.strategies.base import Strategy, register
+from hwnas.strategies.base import register
+from hwnas.strategies.factorized import FactorizedStrategy
 
 
 def spnas_loss(ce: torch.Tensor, runtime_ms: torch.Tensor, lam: float = 0.02) -> torch.Tensor:
@@ -45,7 +46,7 @@ def spnas_loss(ce: torch.Tensor, runtime_ms: torch.Tensor, lam: float = 0.02) ->
 
 
 @register
-class SinglePathNAS(Strategy):
+class SinglePathNAS(FactorizedStrategy):
     name = "spnas"
     mixed_op = SuperkernelOp
     defaults = {"arch_lr": 0.05, "lambda": 0.02, "init_margin": 0.5, "fused": True, "target_step": 0.05}
@@ -86,7 +87,7 @@ class SinglePathNAS(Strategy):
             return [torch.log(op.token_weights(soft="max").double().clamp_min(1e-300)).cpu().numpy()
                     for op in self.supernet.mixed]
 
-    def derive(self) -> list[str]:
+    def current_arch(self) -> list[str]:
         """The tokens the indicators select now."""
         self._set(detach=True)
         with torch.no_grad():

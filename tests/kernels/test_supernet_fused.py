@@ -3,7 +3,7 @@ architecture-parameter gradients of the same step on the pure-torch reference (i
 import pytest
 import torch
 
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
 from hwnas.spaces import get_space
 from hwnas.strategies import get_strategy
 from helpers import synthetic_table

@@ -2,7 +2,7 @@
 masked_dwconv kernel gives the loss and threshold gradients of the same step on the reference."""
 import torch
 
-from hwnas.latency.penalty import LatencyModel
+from hwnas.latency.predictor import LatencyModel
 from hwnas.spaces import get_space
 from hwnas.strategies import get_strategy
 from helpers import synthetic_table

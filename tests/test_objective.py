@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hwnas.latency.constraint import LatencyTargetError, check_target, most_probable_within, parse_target
+from hwnas.objective import LatencyTargetError, check_target, most_probable_within, parse_target
 
 
 def test_parse_target_units_and_percent():

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from hwnas.latency.penalty import LatencyModel, latency_loss
+from hwnas.latency.predictor import LatencyModel
+from hwnas.objective import latency_loss
 from hwnas.spaces.chain import ChainSpace
 from helpers import DictTable
 

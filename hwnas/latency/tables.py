@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from hwnas.device import device_slug
-from hwnas.latency.in_network import NETWORK_SETS
-from hwnas.latency.profiler import BlockSpec, profile_blocks
+from hwnas.latency.measure.blocks import BlockSpec, profile_blocks
+from hwnas.latency.measure.in_network import NETWORK_SETS
+from hwnas.latency.measure.runtimes import runtime, runtime_label
 from hwnas.latency.table import LatencyTable, LatencyTableError, check_compatible, table_files, table_path
-from hwnas.latency.timing import runtime, runtime_label
-from hwnas.spaces.chain import ChainSpace, Part
+from hwnas.spaces.base import Space
 
 log = logging.getLogger("hwnas.latency")
 
@@ -23,12 +22,12 @@ DEFAULT_ROOT = os.environ.get("HWNAS_TABLES", "latency_tables")
 # interleaved rounds of at least a second each (see ``profile_blocks``).
 WARMUP, ITERATIONS, ROUNDS = 10, 100, 5
 # The statistic predictions read: the 10th percentile, the latency without interference from other
-# work on the machine (``hwnas latency validate`` measured 100% of held-out networks within +-10% with
-# p10 against 94% with p50 on a shared 2-core VM; see README).
+# work on the machine (on a shared VM, ``hwnas latency validate`` held out more networks within +-10% with
+# p10 than with p50; measurements: docs/measurements.md, 'Which statistic (p10/p50)').
 STATISTIC = "p10"
 # How blocks are placed when timed (``profile_space``); how many sets of covering networks an in-network
 # profile times by default (each set runs every (layer, candidate) once, next to other neighbours) is
-# ``hwnas.latency.in_network.NETWORK_SETS``.
+# ``hwnas.latency.measure.in_network.NETWORK_SETS``.
 CONTEXTS = ("alone", "network")
 
 
@@ -36,34 +35,20 @@ def default_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def space_blocks(space: ChainSpace, config: dict, batch: int = 1) -> list[BlockSpec]:
-    """One BlockSpec per distinct (part, candidate) of the space at the config's deploy resolution:
-    the fixed parts (stem, first block, head, classifier) and every candidate of every layer.
-    Identities (``skip`` where the shape is kept) cost nothing and are not listed."""
+def space_blocks(space: Space, config: dict, batch: int = 1) -> list[BlockSpec]:
+    """One BlockSpec per distinct block of the space at the config's deploy resolution
+    (``Space.profiled_blocks``: a chain's fixed parts and every candidate of every layer, a cell's every op
+    at every shape it runs at); identities cost nothing and are not listed."""
     cfg = space.resolve_config(config)
-    if getattr(space, "kind", "chain") == "cell":  # every op at every (cell, edge) shape it runs at
-        return [BlockSpec(sig, build, (batch, *shape)) for sig, build, shape in space.profiled_blocks(cfg)]
-    plan = space.plan(cfg)
-    items: list[tuple[Part, str | None]] = [(p, None) for p in plan.fixed]
-    items += [(p, t) for p in plan.layers for t in p.choices]
-    blocks, seen = [], set()
-    for part, token in items:
-        sig = space.signature(part, token, cfg)
-        if sig is None or sig in seen:
-            continue
-        seen.add(sig)
-        shape = (batch, part.cin) if part.kind == "classifier" else (batch, part.cin, part.in_res, part.in_res)
-        blocks.append(BlockSpec(sig, partial(space.make_module, part, token, cfg), shape))
-    return blocks
+    return [BlockSpec(sig, build, (batch, *shape)) for sig, build, shape in space.profiled_blocks(cfg)]
 
 
 def default_context(space, backend: str, device, mode: str | None = None, provider: str | None = None) -> str:
     """``"network"`` where in-network profiling runs (torch eager on a CPU, chain spaces), else ``"alone"``.
-    On the 2-core EPYC VM, in-network rows summed to within +-10% of 94% (proxyless) and 100% (fbnet) of
-    held-out whole networks before any calibration, against 92% and 70% for rows timed alone (same
-    measurements; ``bench/results/cpu-amd-epyc-2t/torch-in-network.md``)."""
-    chain = getattr(space, "kind", "chain") == "chain"
-    return "network" if chain and host_clock_runtime(backend, device, mode, provider) else "alone"
+    In-network rows' plain sums came within +-10% of more held-out whole networks, before any calibration,
+    than rows timed alone did on the same measurements (measurements: docs/measurements.md, 'In-network
+    profiling vs blocks alone')."""
+    return "network" if space.chained_blocks and host_clock_runtime(backend, device, mode, provider) else "alone"
 
 
 def host_clock_runtime(backend: str, device, mode: str | None = None, provider: str | None = None) -> bool:
@@ -74,7 +59,7 @@ def host_clock_runtime(backend: str, device, mode: str | None = None, provider: 
     return backend == "torch" and mode == "eager" and torch.device(device).type == "cpu"
 
 
-def needed_signatures(space: ChainSpace, config: dict) -> list[str]:
+def needed_signatures(space: Space, config: dict) -> list[str]:
     return [b.signature for b in space_blocks(space, config)]
 
 
@@ -88,7 +73,7 @@ def default_table_path(space: str, *, device: torch.device, backend: str, resolu
     return Path(table_path(root, slug, runtime_label(backend, mode, provider), space, resolution, batch, dtype))
 
 
-def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, device: torch.device, backend: str,
+def profile_space(space: Space, config: dict, path: str | os.PathLike, *, device: torch.device, backend: str,
                   batch: int = 1, dtype: str = "fp32", threads: int | None = None, warmup: int = WARMUP,
                   iterations: int = ITERATIONS, progress=None, mode: str | None = None,
                   provider: str | None = None, rounds: int = ROUNDS, statistic: str = STATISTIC,
@@ -97,7 +82,7 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
 
     ``context`` is how a block is timed: ``"alone"`` (each block its own module or ONNX model; every
     backend) or ``"network"`` (in place inside ``network_sets`` sets of covering networks,
-    ``hwnas.latency.in_network``; torch eager on a CPU, chain spaces). By default an existing table keeps
+    ``hwnas.latency.measure.in_network``; torch eager on a CPU, chain spaces). By default an existing table keeps
     its own context (and its own ``network_sets``) and a new one gets ``default_context`` (and
     ``NETWORK_SETS``)."""
     cfg = space.resolve_config(config)
@@ -114,7 +99,7 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
             label = runtime_label(backend, *runtime(backend, device, mode, provider))
             raise ValueError(f"--context network times blocks in place with the host clock: torch eager on a CPU "
                              f"only, not {label} on {device}")
-        from hwnas.latency.in_network import profile_in_network
+        from hwnas.latency.measure.in_network import profile_in_network
         if network_sets is None:  # rows added to an existing table are measured the way its others were
             network_sets = int(existing.get("network_sets") or NETWORK_SETS)
         return profile_in_network(space, cfg, path, threads=threads or default_threads(), meta=meta,
@@ -126,7 +111,7 @@ def profile_space(space: ChainSpace, config: dict, path: str | os.PathLike, *, d
                           statistic=statistic)
 
 
-def load_table_for(space: ChainSpace, config: dict, path: str | os.PathLike, *, batch: int = 1,
+def load_table_for(space: Space, config: dict, path: str | os.PathLike, *, batch: int = 1,
                    dtype: str = "fp32") -> LatencyTable:
     """Load a table and refuse it if it does not match the search (space, resolution, batch, dtype)
     or lacks rows the space needs; each refusal a one-line LatencyTableError."""
@@ -137,7 +122,7 @@ def load_table_for(space: ChainSpace, config: dict, path: str | os.PathLike, *, 
     return table
 
 
-def ensure_table(space: ChainSpace, config: dict, *, device: torch.device, backend: str, batch: int = 1,
+def ensure_table(space: Space, config: dict, *, device: torch.device, backend: str, batch: int = 1,
                  dtype: str = "fp32", threads: int | None = None, root: str | os.PathLike = DEFAULT_ROOT,
                  progress=None, profile_missing: bool = True, warmup: int = WARMUP,
                  iterations: int = ITERATIONS, mode: str | None = None,

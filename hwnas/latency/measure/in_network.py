@@ -1,17 +1,18 @@
 """Profile a chain space's blocks where they run: inside whole networks (torch eager on a CPU).
 
 A block timed alone keeps its weights and its input in the caches between calls; inside a network the
-blocks before it have evicted them. On the 2-core EPYC VM that difference made torch eager networks
-measure 1.2-1.9x the sum of their blocks timed alone, and by an amount that depends on the blocks
-(``torch/proxyless`` validation: 42% of held-out networks within +-10% after calibration), while the same
-networks' blocks timed in place summed to 0.95-1.03x the whole network (``bench/results/cpu-amd-epyc-2t/
-torch-heap.md``). This profiler therefore times every block in place: it builds covering networks --
-``reps`` sets of networks in which every (layer, candidate) of the space runs once per set, each set with
-its own random pairing of neighbours -- times each network whole in interleaved rounds with forward hooks
-reading the host clock before and after every top-level block (stem, first block, each layer, head,
-classifier), and pools each signature's in-place times over every network and position it ran in. The
-sum of a network's rows is then what its blocks cost in a network like it; what the hooks cannot see (the
-network's own Python glue between blocks) is the validation's calibration intercept.
+blocks before it have evicted them. That difference makes torch eager networks measure well above the
+sum of their blocks timed alone, by an amount that depends on the blocks (so even a calibrated sum missed
+most held-out networks by more than +-10%), while the same networks' blocks timed in place sum to about the
+whole network (measurements: docs/measurements.md, 'In-network profiling vs blocks alone';
+``bench/results/cpu-amd-epyc-2t/torch-heap.md``). This profiler therefore times every block in place: it
+builds covering networks -- ``reps`` sets of networks in which every (layer, candidate) of the space runs
+once per set, each set with its own random pairing of neighbours -- times each network whole in
+interleaved rounds with forward hooks reading the host clock before and after every top-level block (stem,
+first block, each layer, head, classifier), and pools each signature's in-place times over every network
+and position it ran in. The sum of a network's rows is then what its blocks cost in a network like it;
+what the hooks cannot see (the network's own Python glue between blocks) is the validation's calibration
+intercept.
 
 Only torch eager on a CPU: the host clock brackets a CPU block exactly, while a CUDA block would need a
 device sync around every block (changing what is measured), and a compiled graph or an ONNX Runtime
@@ -36,10 +37,10 @@ import torch
 
 from hwnas.device import device_info
 from hwnas.fsio import atomic_write_text
-from hwnas.latency.allocator import keep_heap
-from hwnas.latency.profiler import _open_table, _warn_if_busy, provider_name
+from hwnas.latency.measure.allocator import keep_heap
+from hwnas.latency.measure.blocks import _open_table, _warn_if_busy, provider_name
+from hwnas.latency.measure.timing import Runner, measure_interleaved, summarize
 from hwnas.latency.table import LatencyTable, table_files
-from hwnas.latency.timing import Runner, measure_interleaved, summarize
 from hwnas.spaces.arch import Arch
 from hwnas.spaces.builder import build_child
 
@@ -48,41 +49,25 @@ __all__ = ["NETWORK_SETS", "covering_archs", "profile_in_network", "block_positi
 log = logging.getLogger(__name__)
 _clock = time.perf_counter_ns  # what the hooks read (tests replace it with a known clock)
 # Sets of covering networks a profile times by default. With 3, the proxyless rows of the 112x112 stride-2
-# blocks (each in 3-4 networks; memory-bound, their per-network medians spread 3.0-4.1 ms within minutes on
-# the Intel Xeon VM) moved ~20% between two profiles, and 65 of 70 rows agreed within 5% (p50); with 9, two
-# profiles agreed on 69 of 70 (the miss: the classifier, +8%, a 5 MB GEMV that runs in every network and
-# moves with the machine's memory speed), at 220 s a profile instead of 67 (1 thread, 2026-11-27).
+# blocks (each in 3-4 networks; memory-bound, their per-network medians move with the machine's memory speed
+# within minutes) carried that drift and moved between two profiles, so fewer rows' medians agreed within 5%;
+# with 9, two profiles agreed on every row but the classifier (a GEMV that runs in every network and moves
+# with the machine's memory speed), at about three times the profiling time (measurements:
+# docs/measurements.md, 'In-network network sets').
 NETWORK_SETS = 9
 
 
 def covering_archs(space, config: dict, reps: int, seed: int = 0) -> list[list[str]]:
-    """``reps`` sets of architectures; within a set, every allowed token of every layer appears exactly
-    once or more (a set has as many networks as the layer with the most choices; a layer with fewer
-    choices repeats some), in an order drawn anew per layer and set, so a block meets other neighbours in
-    each set."""
+    """``reps`` sets of covering architectures (``Space.cover``), drawn with ``random.Random(seed)``."""
     if reps < 1:
         raise ValueError(f"in-network profiling needs reps >= 1, got {reps}")
-    plan = space.plan(config)
-    rng = random.Random(seed)
-    width = max(len(p.choices) for p in plan.layers)
-    archs = []
-    for _ in range(reps):
-        orders = [rng.sample(list(p.choices), len(p.choices)) for p in plan.layers]
-        archs += [[order[j % len(order)] for order in orders] for j in range(width)]
-    return archs
+    return space.cover(random.Random(seed), config, reps)
 
 
 def block_positions(space, config: dict, tokens: list[str]) -> list[tuple[str, str | None]]:
-    """``(attribute path, signature)`` of every top-level block of the child network of ``tokens``, in the
-    order they run; ``None`` for blocks with no row (identities)."""
-    plan = space.plan(config)
-    out = [("stem", space.signature(plan.stem, None, config))]
-    if plan.first is not None:
-        out.append(("first", space.signature(plan.first, None, config)))
-    out += [(f"layers.{i}", space.signature(p, t, config)) for i, (p, t) in enumerate(zip(plan.layers, tokens))]
-    out += [("head", space.signature(plan.head, None, config)),
-            ("classifier", space.signature(plan.classifier, None, config))]
-    return out
+    """``(attribute path, signature)`` of every top-level block of the child of ``tokens``
+    (``Space.block_positions``)."""
+    return space.block_positions(config, tokens)
 
 
 class _Clock:
@@ -135,9 +120,9 @@ def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads:
     statistics pool every in-place call of that block. With ``only_missing`` an existing table keeps its
     rows (the sets still run whole: a row is measured in networks, not alone).
     ``progress(done, total, what)`` counts network-rounds."""
-    if getattr(space, "kind", "chain") != "chain":
-        raise ValueError(f"in-network profiling covers chain spaces; {space.name!r} is a {space.kind} space "
-                         "(profile it block by block)")
+    if not space.chained_blocks:
+        raise ValueError(f"in-network profiling covers chain spaces (networks that are a chain of blocks); "
+                         f"{space.name!r} is not one (profile it block by block: --context alone)")
     cpu = torch.device("cpu")
     full_meta = {**meta, "dtype": dtype, "backend": "torch", "mode": "eager",
                  "provider": provider_name("torch", cpu, "eager"), "device": device_info(cpu, threads),

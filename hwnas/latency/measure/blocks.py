@@ -2,7 +2,7 @@
 
 A search space hands ``profile_blocks`` one ``BlockSpec`` per (layer, candidate): a signature, a factory
 that builds the block, and the input shape at the deploy shape (batch included). Each block is measured
-with ``hwnas.latency.timing.measure_module`` and its row saved atomically at once, so a killed profile
+with ``hwnas.latency.measure.timing.measure_module`` and its row saved atomically at once, so a killed profile
 loses at most the block in flight and the next run measures only what is missing.
 """
 
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from hwnas.device import device_info
-from hwnas.latency.allocator import keep_heap
+from hwnas.latency.measure.allocator import keep_heap
+from hwnas.latency.measure.runtimes import runtime
+from hwnas.latency.measure.timing import Runner, measure_interleaved, summarize
 from hwnas.latency.table import LatencyTable, LatencyTableError, library_versions, table_files
-from hwnas.latency.timing import PROVIDERS, Runner, measure_interleaved, runtime, summarize
+from hwnas.onnx import PROVIDERS
 
 __all__ = ["BlockSpec", "profile_blocks", "provider_name"]
 

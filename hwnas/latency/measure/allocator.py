@@ -8,13 +8,12 @@ depends on what was allocated and freed before -- a source of run-to-run varianc
 not add up inside a network. With the heap kept (``mallopt``: mmap threshold 1 GiB, trim threshold 1 GiB,
 top pad 256 MiB) activations are recycled from the heap instead.
 
-Measured on the 2-core EPYC VM (``tools/torch_heap_effect.py``: six proxyless networks, torch 2.14,
-2 threads, each timed whole and block by block in place; five runs per regime, alternating; details in
-``bench/results/cpu-amd-epyc-2t/torch-heap.md``): the mean whole-network p10 was 16.9-20.7 ms with the heap
-kept against 16.7-26.0 ms with glibc's defaults, and the in-place block sums stayed within 0.82-1.22x of
-the whole network against 0.55-1.36x. The effect is real but smaller than this VM's own noise (the same
-network built eight times and timed interleaved spans 1.14-1.19x in p10), which is what limits the torch
-tables (README).
+Measured on a shared VM (``tools/torch_heap_effect.py``: proxyless networks, each timed whole and block
+by block in place, several runs per regime, alternating), the kept heap ran a little faster on average,
+varied less from run to run, and its in-place block sums stayed closer to the whole network than with
+glibc's defaults. The effect is real but smaller than that VM's own noise (the same network built several
+times and timed interleaved), which is what limits the torch tables (README; measurements:
+docs/measurements.md, 'Heap allocator'; ``bench/results/cpu-amd-epyc-2t/torch-heap.md``).
 
 So torch on the CPU is timed with the heap kept (``keep_heap``, called by ``timing.Runner``), the table's
 sidecar records it (``"allocator"``), and a deployment that wants the latency the table predicts sets the

@@ -1,0 +1,242 @@
+"""What every ``hwnas`` verb shares: progress bars, logging, the option groups (space, latency table),
+``--opt`` / ``--config`` parsing, the search's table callback and finding an architecture to act on."""
+from __future__ import annotations
+
+import json
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+log = logging.getLogger("hwnas")
+
+
+class Progress:
+    """tqdm progress bar on stderr (silent when stderr is not a terminal and HWNAS_PROGRESS=0)."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+                        disable=os.environ.get("HWNAS_PROGRESS") == "0")
+
+    def update(self, n=1):
+        self.bar.update(n)
+
+    def set_postfix(self, **kw):
+        self.bar.set_postfix(**kw, refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def _profile_progress(n_hint: str):
+    state = {}
+
+    def callback(i, n, signature):
+        if "bar" not in state:
+            state["bar"] = Progress(n, f"profile {n_hint}")
+        state["bar"].update(1)
+        state["bar"].set_postfix(block=signature)
+        if i == n:
+            state["bar"].close()
+
+    return callback
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _setup_logging(verbose: bool) -> list[logging.Handler]:
+    logger = logging.getLogger("hwnas")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    h = _StderrHandler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(h)
+    return [h]
+
+
+_FILE_HANDLERS: list[logging.Handler] = []
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("hwnas").addHandler(h)
+    _FILE_HANDLERS.append(h)
+
+
+def _config_overrides(args) -> dict:
+    out = _parse_opts(getattr(args, "config", None) or [], "--config")
+    for key in ("resolution", "width_mult", "num_classes"):
+        v = getattr(args, key, None)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ValueError(f"{flag} {p!r} must be KEY=VALUE")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _table_callback(args, explicit, record=None):
+    """The search's ``table(space, deploy_config)`` callback: the table at ``explicit`` (checked against
+    the search, with a warning when it was profiled on another device), else this machine's table for
+    the space, profiled where rows are missing (unless --no-profile). ``record(path, table)`` is told
+    which table was used."""
+    from hwnas.device import device_slug, resolve_device
+    from hwnas.latency.tables import default_threads, ensure_table, load_table_for
+    from hwnas.latency.table import device_mismatch_warning
+
+    lat_device = resolve_device(args.latency_device)
+    threads = args.threads or default_threads()
+
+    def table_for(space, deploy_config):
+        if getattr(args, "no_latency", False):
+            return None
+        if explicit:
+            table, path = load_table_for(space, deploy_config, explicit, batch=args.batch, dtype=args.dtype), explicit
+            warn = device_mismatch_warning(table, device_slug(lat_device, threads if lat_device.type == "cpu" else None))
+            if warn:
+                log.warning(warn)
+        else:
+            table, path = ensure_table(space, deploy_config, device=lat_device, backend=args.backend, batch=args.batch,
+                                       dtype=args.dtype, threads=threads, root=args.tables,
+                                       progress=_profile_progress(space.name), profile_missing=not args.no_profile,
+                                       mode=args.mode, provider=args.provider)
+        if record is not None:
+            record(path, table)
+        return table
+
+    return table_for
+
+
+def _space_and_config(args):
+    from hwnas.export import resolve_arch
+    from hwnas.spaces import get_space
+
+    if getattr(args, "arch", None):
+        arch = resolve_arch(args.arch).arch
+        return arch.space_obj, arch.space_obj.resolve_config({**arch.config, **_config_overrides(args)})
+    space = get_space(args.space)
+    return space, space.resolve_config(_config_overrides(args))
+
+
+def _print_range(table, space, config) -> None:
+    from hwnas.latency.predictor import LatencyModel
+
+    model = LatencyModel(table, space, config)
+    (lo, lo_t), (hi, hi_t) = model.extremes()
+    print(f"space {space.name!r} at {config['resolution']}x{config['resolution']}: fastest {lo:.3f} ms, "
+          f"slowest {hi:.3f} ms (fixed parts {model.fixed_ms:.3f} ms)")
+
+
+def _arch_spec(args, verb: str) -> str:
+    """``--arch`` as given, or the latest finished search under ``--runs`` (said on stdout)."""
+    from hwnas.runs import latest_run
+
+    if args.arch is not None:
+        return args.arch
+    latest = latest_run(args.runs)
+    if latest is None:
+        raise ValueError(f"no finished search under {args.runs}/ to {verb}; pass --arch RUN_DIR|arch.json|PRESET")
+    print(f"{'exporting' if verb == 'export' else 'training'} the latest run: {latest}")
+    return str(latest)
+
+
+def _table_threads(table) -> int:
+    from hwnas.latency.tables import default_threads
+
+    return int(table.meta.get("threads", default_threads())) if table is not None else default_threads()
+
+
+def _table_for_arch(arch, args):
+    """The table that predicts ``arch``: --latency-table, else this machine's default if it exists
+    and covers the arch (a preset with a wider skeleton may not be covered: no prediction then)."""
+    import torch
+
+    from hwnas.latency.tables import default_table_path, load_table_for
+    from hwnas.latency.table import LatencyTableError
+
+    path = args.latency_table or default_table_path(arch.space, device=torch.device("cpu"), backend="onnxruntime",
+                                                    resolution=arch.config["resolution"], batch=args.batch,
+                                                    root=args.tables, threads=args.threads)
+    if not Path(path).exists() and not Path(str(path)).with_suffix(".csv").exists():
+        if args.latency_table:
+            raise ValueError(f"--latency-table {path} does not exist")
+        print(f"no latency table for this machine at {path}: no prediction (run `hwnas profile --space {arch.space}`)")
+        return None
+    try:
+        return load_table_for(arch.space_obj, arch.config, path, batch=args.batch)
+    except LatencyTableError as e:
+        if args.latency_table:
+            raise
+        print(f"no prediction: {e}")
+        return None
+
+
+def _run_data(run_dir: Path | None) -> dict:
+    """The data a run directory was searched on (its config.json), or {}."""
+    path = run_dir / "config.json" if run_dir is not None else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: cfg.get(k) for k in ("data", "data_root", "train_resolution")}
+
+
+# -- option groups ---------------------------------------------------------------------------------
+def _add_space_opts(p, space_default="proxyless"):
+    from hwnas.spaces import SPACES
+
+    help_default = ("the method's: darts for the DARTS family, else proxyless" if space_default is None
+                    else space_default)
+    p.add_argument("--space", default=space_default, choices=sorted(SPACES), help=f"search space (default {help_default})")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="space config override (repeatable), e.g. search_C=8 search_layers=5 on darts")
+    p.add_argument("--resolution", type=int, default=None, help="deploy input resolution (default 224)")
+    p.add_argument("--width-mult", dest="width_mult", type=float, default=None, help="width multiplier (default 1.0)")
+
+
+def _add_table_opts(p):
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+                   help="runtime the latency is for (default %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="deploy batch size (default %(default)s)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="deploy dtype (default %(default)s)")
+    p.add_argument("--mode", default=None, choices=["eager", "compile", "cudagraph"],
+                   help="how --backend torch runs (default eager; cudagraph needs CUDA)")
+    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider (default: the device's own, cpu or cuda)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: torch's, usually the cores)")
+    p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
+                   help="root of the cached latency tables (default %(default)s)")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value

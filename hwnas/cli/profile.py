@@ -1,0 +1,56 @@
+"""``hwnas profile``: measure every block of a space on a device into a latency table."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hwnas.cli._common import (_add_space_opts, _add_table_opts, _print_range, _profile_progress,
+                              _space_and_config)
+
+
+def cmd_profile(args) -> int:
+    from hwnas.device import resolve_device
+    from hwnas.latency.tables import default_table_path, default_threads, profile_space
+    from hwnas.spaces import get_space
+
+    device = resolve_device(args.device)
+    space, config = _space_and_config(args)
+    threads = args.threads or default_threads()
+    path = Path(args.table) if args.table else default_table_path(
+        space.name, device=device, backend=args.backend, resolution=config["resolution"], batch=args.batch,
+        dtype=args.dtype, threads=threads, root=args.out, mode=args.mode, provider=args.provider)
+    table = profile_space(space, config, path, device=device, backend=args.backend, batch=args.batch,
+                          dtype=args.dtype, threads=threads, warmup=args.warmup, iterations=args.iterations,
+                          progress=_profile_progress(space.name), mode=args.mode, provider=args.provider,
+                          rounds=args.rounds, statistic=args.statistic, context=args.context,
+                          network_sets=args.network_sets)
+    _print_range(table, space, config)
+    print(f"latency table: {path} ({len(table)} rows)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help="measure every block of a space into a latency table")
+    p.add_argument("--device", default="cpu", help="device to profile: cpu or cuda[:N] (default %(default)s)")
+    _add_space_opts(p)
+    _add_table_opts(p)
+    p.add_argument("--num-classes", dest="num_classes", type=int, default=None, help="classifier outputs (default 1000)")
+    p.add_argument("--arch", default=None, help="profile the skeleton of this arch/preset instead of the space default")
+    p.add_argument("--out", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
+                   help="root directory of latency tables (default %(default)s)")
+    p.add_argument("--table", default=None, help="exact output path (overrides --out's layout)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls before a block's first round (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per block, all rounds (default %(default)s)")
+    p.add_argument("--statistic", default="p10", choices=["p10", "p50", "mean", "p90"],
+                   help="the column predictions read (default %(default)s: latency without interference)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds the calls are spread over, against slow spells of the machine (default %(default)s)")
+    p.add_argument("--context", default=None, choices=["alone", "network"],
+                   help="time each block alone, or in place inside whole covering networks (torch eager on a CPU, "
+                        "chain spaces: blocks then pay what they pay in a network); a new table gets network where it "
+                        "runs, else alone; an existing table keeps its own")
+    p.add_argument("--network-sets", dest="network_sets", type=int, default=None,
+                   help="with --context network: sets of covering networks, each running every block once (default 9: "
+                        "with 3, two profiles' medians of the largest-activation rows disagreed; see "
+                        "docs/measurements.md, 'In-network network sets')")
+    p.set_defaults(func=cmd_profile)
