@@ -196,18 +196,6 @@ def _table_for_arch(arch, args):
         return None
 
 
-def _run_data(run_dir: Path | None) -> dict:
-    """The data a run directory was searched on (its config.json), or {}."""
-    path = run_dir / "config.json" if run_dir is not None else None
-    if path is None or not path.exists():
-        return {}
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: cfg.get(k) for k in ("data", "data_root", "train_resolution")}
-
-
 # -- option groups ---------------------------------------------------------------------------------
 def _add_space_opts(p, space_default="proxyless"):
     from hwnas.spaces import SPACES

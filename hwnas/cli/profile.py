@@ -11,7 +11,6 @@ from hwnas.cli._common import (_add_space_opts, _add_table_opts, _print_range, _
 def cmd_profile(args) -> int:
     from hwnas.device import resolve_device
     from hwnas.latency.tables import default_table_path, default_threads, profile_space
-    from hwnas.spaces import get_space
 
     device = resolve_device(args.device)
     space, config = _space_and_config(args)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwnas.runs import new_run_dir
-from hwnas.cli._common import Progress, _arch_spec, _log_to_file, _run_data
+from hwnas.runs import new_run_dir, run_data
+from hwnas.cli._common import Progress, _arch_spec, _log_to_file
 
 
 def cmd_train(args) -> int:
@@ -15,7 +15,7 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
     src = resolve_arch(_arch_spec(args, "train"))
     data, data_root, resolution = args.data, args.data_root, args.resolution
-    searched = _run_data(src.run_dir)
+    searched = run_data(src.run_dir)
     if data is None:  # a run directory trains on what it was searched on; anything else on digits
         data, data_root = searched.get("data") or "digits", data_root or searched.get("data_root")
         resolution = resolution or searched.get("train_resolution")
