@@ -31,17 +31,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hwnas.export import ArchSource, export
+from hwnas.exporting import ArchSource, export
 from hwnas.fsio import atomic_write_text
 from hwnas.memory import activation_bytes
 from hwnas.api import build_search
 from hwnas.objective import LOWER_FRACTION
-from hwnas.search import NullProgress, Search, SearchConfig
+from hwnas.searching import NullProgress, Search, SearchConfig
 from hwnas.selection import RandomSelector
 from hwnas.spaces import Arch
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.strategies import get_strategy
-from hwnas.train import train_child
+from hwnas.training import train_child
 
 log = logging.getLogger("hwnas.compare")
 

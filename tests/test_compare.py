@@ -9,7 +9,7 @@ import torch
 
 from hwnas.compare import CompareConfig, compare, count_macs, random_archs_in_window
 from hwnas.api import build_search
-from hwnas.search import SearchConfig
+from hwnas.searching import SearchConfig
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
 from helpers import synthetic_table
@@ -38,6 +38,7 @@ def test_random_archs_land_in_the_window():
         assert 0.9 * s.target_ms <= s.latency.of_tokens(a) <= s.target_ms
 
 
+@pytest.mark.slow
 def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
     cfg = CompareConfig(methods=["proxyless", "fbnet", "spnas"], **TINY)
     rows = compare(cfg, tmp_path / "cmp", table)

@@ -248,13 +248,14 @@ def test_pdarts_limits_skip_connections_of_the_normal_cell_to_two():
     Arch("darts", {}, tokens)
 
 
+@pytest.mark.slow
 def test_pdarts_search_resumes_across_a_stage(tmp_path, monkeypatch):
     import functools
 
     import hwnas.api
     from hwnas.data import load_data
     from hwnas.api import build_search
-    from hwnas.search import SearchConfig
+    from hwnas.searching import SearchConfig
 
     monkeypatch.setattr(hwnas.api, "load_data", functools.partial(load_data, resolution=8))  # digits' own 8x8
     # fused=False: the pure-torch mixed op (on a CPU the fused op dispatches to the same reference anyway)

@@ -89,7 +89,7 @@ def test_search_puts_an_absolute_target_on_the_tables_scale(tmp_path, monkeypatc
     relative target (a share of the table's own range) is left alone."""
     from hwnas.latency.table import LatencyTable
     from hwnas.api import build_search
-    from hwnas.search import SearchConfig
+    from hwnas.searching import SearchConfig
 
     _fake_timing(monkeypatch, lambda ms: ms * 0.8)
     table = LatencyTable.load(_table(tmp_path))
@@ -105,7 +105,7 @@ def test_search_puts_an_absolute_target_on_the_tables_scale(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("bad", ["0", "-1", "fast", "nan"])
 def test_a_bad_machine_factor_is_refused(bad):
-    from hwnas.search import SearchConfig
+    from hwnas.searching import SearchConfig
 
     with pytest.raises(ValueError, match="--machine-factor"):
         SearchConfig(latency_target="5ms", machine_factor=bad).validate()

@@ -12,7 +12,7 @@ from hwnas.latency.predictor import LatencyModel
 from hwnas.mixed.weighted_sum import WeightedSumOp
 from hwnas.objective import LatencyMultiplier
 from hwnas.api import build_search
-from hwnas.search import SearchConfig
+from hwnas.searching import SearchConfig
 from hwnas.spaces import Arch, get_space
 from hwnas.strategies import STRATEGIES, get_strategy
 from hwnas.strategies.fbnet import fbnet_loss, temperature
@@ -146,6 +146,7 @@ def test_every_method_steers_with_the_multiplier_under_a_target(method):  # the 
 # --------------------------------------------------------------------------------------------- search
 
 
+@pytest.mark.slow
 def test_fbnet_search_end_to_end_meets_the_target_and_resumes(tmp_path):
     sp = get_space("fbnet")
 

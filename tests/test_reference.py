@@ -1,10 +1,10 @@
-"""Drift compensation by the table's reference networks (hwnas.latency.reference, hwnas.export)."""
+"""Drift compensation by the table's reference networks (hwnas.latency.reference, hwnas.exporting)."""
 import pytest
 import torch
 
-import hwnas.export as ex
+import hwnas.exporting as ex
 from hwnas.device import device_slug
-from hwnas.export import ArchSource, export
+from hwnas.exporting import ArchSource, export
 from hwnas.latency.reference import check_references, machine_factor, pick_references, unusable
 from hwnas.latency.validation import sample_archs
 from hwnas.compare import _measured_cell

@@ -6,7 +6,7 @@ import pytest
 
 from hwnas.objective import LatencyTargetError
 from hwnas.api import build_search
-from hwnas.search import Search, SearchConfig
+from hwnas.searching import Search, SearchConfig
 from hwnas.spaces import Arch, get_space
 from helpers import synthetic_table
 
@@ -87,7 +87,7 @@ def test_target_above_slowest_does_not_bind(tmp_path):
 
 def test_train_from_scratch_learns_digits(tmp_path):
     """`hwnas train`'s library call: a narrow child trained from scratch beats chance by far."""
-    from hwnas.train import train_child
+    from hwnas.training import train_child
 
     arch = Arch("proxyless", {"width_mult": 0.25, "num_classes": 10}, ["k3e3"] * 21)
     result = train_child(arch, tmp_path, epochs=4, batch_size=32, lr=0.05)
@@ -99,7 +99,7 @@ def test_resume_rebuilds_the_supernet_the_run_started_with(tmp_path, monkeypatch
     """config.json records every method option, defaults included, so a resume builds the same supernet
     after a default changes; a checkpoint that does not fit (a run from before the record) is refused in
     one line that says how to resume it."""
-    from hwnas.search import load_search_config
+    from hwnas.searching import load_search_config
 
     run = tmp_path / "run"
     s = build_search(cfg(epochs=3, latency_target="60%", options={"weights": "separate"}), run, table=table_fn)

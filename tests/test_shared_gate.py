@@ -112,36 +112,43 @@ def test_weights_option_is_checked_and_both_forms_share_the_architecture_state()
     assert shared.supernet.choices == separate.supernet.choices
 
 
-def test_a_sampled_shared_supernet_learns_a_task_its_separate_form_does_not_in_as_many_steps():
-    """The reason for shared weights (README, Known limits): 60 sampled steps on an easy task. Measured
-    over seeds 0-3 and 1-2 threads: shared 0.78-1.0, separate 0.24-0.37."""
+def _sampled_accuracy(weights: str, seed: int) -> float:
+    """60 sampled weight steps on four Gaussian blobs, then the accuracy of four sampled paths."""
     sp = get_space("proxyless")
     cfg = sp.resolve_config({"width_mult": 0.25, "num_classes": 4})
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(4, 3, 1, 1, generator=g) * 2
-    acc, threads = {}, torch.get_num_threads()
+    centers = torch.randn(4, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) * 2
+    torch.manual_seed(seed)
+    s = get_strategy("proxyless").build(sp, cfg, 16, 4, weights=weights)
+    opt = torch.optim.SGD(s.supernet.parameters(), lr=0.02, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(60):
+        y = torch.randint(0, 4, (32,), generator=gen)
+        x = centers[y] + torch.randn(32, 3, 16, 16, generator=gen)
+        s.sample_weight_path()
+        loss = F.cross_entropy(s.supernet(x), y)
+        opt.zero_grad(set_to_none=True), loss.backward(), opt.step()
+    y = torch.randint(0, 4, (256,), generator=gen)
+    x = centers[y] + torch.randn(256, 3, 16, 16, generator=gen)
+    hits = 0
+    with torch.no_grad():
+        for _ in range(4):  # four sampled paths, batch statistics
+            s.sample_weight_path()
+            hits += int((s.supernet(x).argmax(1) == y).sum())
+    return hits / 1024
+
+
+def test_a_sampled_shared_supernet_learns_a_task_its_separate_form_does_not_in_as_many_steps():
+    """The reason for shared weights (docs/methods.md): 60 sampled steps on an easy task. Measured with
+    torch 2.14.1 on 1 thread (2-core AMD EPYC VM, 2026-12-03), seeds 0-3: shared 0.64 / 1.00 / 0.88 / 1.00,
+    separate 0.26 / 0.29 / 0.32 / 0.25. One seed's figure moves with the torch build (seed 0 gave 0.78+
+    before), so the test holds the gap on two seeds and their mean, not one seed's accuracy."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic whatever the suite ran before
     try:
-        for weights in ("shared", "separate"):
-            torch.manual_seed(0)
-            s = get_strategy("proxyless").build(sp, cfg, 16, 4, weights=weights)
-            opt = torch.optim.SGD(s.supernet.parameters(), lr=0.02, momentum=0.9)
-            gen = torch.Generator().manual_seed(1)
-            for _ in range(60):
-                y = torch.randint(0, 4, (32,), generator=gen)
-                x = centers[y] + torch.randn(32, 3, 16, 16, generator=gen)
-                s.sample_weight_path()
-                loss = F.cross_entropy(s.supernet(x), y)
-                opt.zero_grad(set_to_none=True), loss.backward(), opt.step()
-            y = torch.randint(0, 4, (256,), generator=gen)
-            x = centers[y] + torch.randn(256, 3, 16, 16, generator=gen)
-            hits = 0
-            with torch.no_grad():
-                for _ in range(4):  # four sampled paths, batch statistics
-                    s.sample_weight_path()
-                    hits += int((s.supernet(x).argmax(1) == y).sum())
-            acc[weights] = hits / 1024
+        acc = {(w, seed): _sampled_accuracy(w, seed) for seed in (0, 1) for w in ("shared", "separate")}
     finally:
         torch.set_num_threads(threads)
-    assert acc["shared"] > 0.85, acc
-    assert acc["shared"] > acc["separate"] + 0.3, acc
+    for seed in (0, 1):
+        assert acc["shared", seed] > acc["separate", seed] + 0.3, acc
+    assert (acc["shared", 0] + acc["shared", 1]) / 2 > 0.75, acc
+    assert max(acc["separate", 0], acc["separate", 1]) < 0.5, acc

@@ -10,7 +10,7 @@ import torch
 from hwnas.latency.predictor import LatencyModel
 from hwnas.mixed.superkernel import SuperkernelOp
 from hwnas.api import build_search
-from hwnas.search import SearchConfig
+from hwnas.searching import SearchConfig
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.builder import build_child
 from hwnas.strategies import get_strategy

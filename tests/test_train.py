@@ -8,7 +8,7 @@ import torch
 from hwnas.data import load_data
 from hwnas.spaces import Arch, get_space
 from hwnas.spaces.cell_presets import CELL_PRESETS
-from hwnas.train import train_child, train_settings
+from hwnas.training import train_child, train_settings
 
 # A DARTS evaluation network small enough to train in seconds on digits (8x8 upsampled to 32x32).
 TINY_CELL = {"C": 4, "layers": 3, "num_classes": 10}

@@ -8,7 +8,7 @@ and prints raw and compensated errors. The experiment behind hwnas/latency/refer
 RUN_DIR is a search run (arch.json, child.pt); PREDICTED_MS is `hwnas latency predict` of it."""
 import csv, sys, time, numpy as np
 from pathlib import Path
-from hwnas.export import ArchSource, build_for_export
+from hwnas.exporting import ArchSource, build_for_export
 from hwnas.spaces import Arch
 from hwnas.spaces.builder import build_child
 from hwnas.latency.measure.timing import CallRunner, measure_interleaved, random_inputs

@@ -5,7 +5,7 @@ recipe and several seeds, to separate a method's genotype from one training run'
     python tools/retrain_compare.py bench/results/cpu-amd-epyc-2t/compare-darts-50 --seeds 0 1 --out DIR
 
 Reads ``report.csv`` (each entry's architecture) and ``compare.json`` (space, config, data, epochs) of the
-report directory; trains every entry for the report's ``train_epochs`` per seed (``hwnas.train.train_child``,
+report directory; trains every entry for the report's ``train_epochs`` per seed (``hwnas.training.train_child``,
 the space's default recipe: ``train_settings``); writes ``retrain.csv`` and ``retrain.md`` into ``--out``
 (resumable: an entry/seed already in ``retrain.csv`` is not trained again).
 """
@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from hwnas.spaces import Arch
-from hwnas.train import train_child, train_settings
+from hwnas.training import train_child, train_settings
 
 _GENOTYPE = re.compile(r"Genotype\(normal=(\[.*?\]), normal_concat=\[.*?\], reduce=(\[.*?\]), reduce_concat")
 

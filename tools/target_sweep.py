@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from hwnas.export import ArchSource, export
+from hwnas.exporting import ArchSource, export
 from hwnas.latency.tables import load_table_for, profile_space
 from hwnas.latency.table import LatencyTable
 from hwnas.api import build_search
-from hwnas.search import SearchConfig
+from hwnas.searching import SearchConfig
 from hwnas.spaces import Arch
 
 

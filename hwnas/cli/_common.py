@@ -101,39 +101,18 @@ def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict:
 
 
 def _table_callback(args, explicit, record=None):
-    """The search's ``table(space, deploy_config)`` callback: the table at ``explicit`` (checked against
-    the search, with a warning when it was profiled on another device), else this machine's table for
-    the space, profiled where rows are missing (unless --no-profile). ``record(path, table)`` is told
-    which table was used."""
-    from hwnas.device import device_slug, resolve_device
-    from hwnas.latency.tables import default_threads, ensure_table, load_table_for
-    from hwnas.latency.table import device_mismatch_warning
+    """``hwnas.api.table_callback`` with the command's table options."""
+    from hwnas.api import table_callback
 
-    lat_device = resolve_device(args.latency_device)
-    threads = args.threads or default_threads()
-
-    def table_for(space, deploy_config):
-        if getattr(args, "no_latency", False):
-            return None
-        if explicit:
-            table, path = load_table_for(space, deploy_config, explicit, batch=args.batch, dtype=args.dtype), explicit
-            warn = device_mismatch_warning(table, device_slug(lat_device, threads if lat_device.type == "cpu" else None))
-            if warn:
-                log.warning(warn)
-        else:
-            table, path = ensure_table(space, deploy_config, device=lat_device, backend=args.backend, batch=args.batch,
-                                       dtype=args.dtype, threads=threads, root=args.tables,
-                                       progress=_profile_progress(space.name), profile_missing=not args.no_profile,
-                                       mode=args.mode, provider=args.provider)
-        if record is not None:
-            record(path, table)
-        return table
-
-    return table_for
+    return table_callback(explicit, record=record, no_latency=getattr(args, "no_latency", False),
+                          latency_device=args.latency_device, tables=args.tables, backend=args.backend,
+                          batch=args.batch, dtype=args.dtype, mode=args.mode, provider=args.provider,
+                          threads=args.threads, profile_missing=not args.no_profile,
+                          progress=_profile_progress("table"))
 
 
 def _space_and_config(args):
-    from hwnas.export import resolve_arch
+    from hwnas.exporting import resolve_arch
     from hwnas.spaces import get_space
 
     if getattr(args, "arch", None):
@@ -165,37 +144,6 @@ def _arch_spec(args, verb: str) -> str:
     return str(latest)
 
 
-def _table_threads(table) -> int:
-    from hwnas.latency.tables import default_threads
-
-    return int(table.meta.get("threads", default_threads())) if table is not None else default_threads()
-
-
-def _table_for_arch(arch, args):
-    """The table that predicts ``arch``: --latency-table, else this machine's default if it exists
-    and covers the arch (a preset with a wider skeleton may not be covered: no prediction then)."""
-    import torch
-
-    from hwnas.latency.tables import default_table_path, load_table_for
-    from hwnas.latency.table import LatencyTableError
-
-    path = args.latency_table or default_table_path(arch.space, device=torch.device("cpu"), backend="onnxruntime",
-                                                    resolution=arch.config["resolution"], batch=args.batch,
-                                                    root=args.tables, threads=args.threads)
-    if not Path(path).exists() and not Path(str(path)).with_suffix(".csv").exists():
-        if args.latency_table:
-            raise ValueError(f"--latency-table {path} does not exist")
-        print(f"no latency table for this machine at {path}: no prediction (run `hwnas profile --space {arch.space}`)")
-        return None
-    try:
-        return load_table_for(arch.space_obj, arch.config, path, batch=args.batch)
-    except LatencyTableError as e:
-        if args.latency_table:
-            raise
-        print(f"no prediction: {e}")
-        return None
-
-
 # -- option groups ---------------------------------------------------------------------------------
 def _add_space_opts(p, space_default="proxyless"):
     from hwnas.spaces import SPACES
@@ -219,8 +167,9 @@ def _add_table_opts(p):
     p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: the device's own, cpu or cuda)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: torch's, usually the cores)")
-    p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
-                   help="root of the cached latency tables (default %(default)s)")
+    p.add_argument("--tables", default=None, metavar="DIR",
+                   help="the one directory tables are read from and written to (default: $HWNAS_TABLES, else the "
+                        "user's table directory over the shipped tables; `hwnas latency show` prints the lookup)")
 
 
 def _non_negative_int(text: str) -> int:

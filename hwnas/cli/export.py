@@ -2,26 +2,22 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from hwnas.cli._common import _arch_spec, _table_for_arch, _table_threads
+from hwnas.cli._common import _arch_spec
 
 
 def cmd_export(args) -> int:
-    from hwnas.export import export, resolve_arch
+    from hwnas import api
+    from hwnas.exporting import resolve_arch
 
     if args.list_presets:
         return _list_presets()
     spec = _arch_spec(args, "export")
     src = resolve_arch(spec)
-    if args.onnx in (None, ""):
-        onnx_path = (src.run_dir / "model.onnx") if src.run_dir else Path(f"{Path(spec).stem}.onnx")
-    else:
-        onnx_path = Path(args.onnx)
-    table = _table_for_arch(src.arch, args)
-    rep = export(src, onnx_path, batch=args.batch, threads=args.threads or _table_threads(table), measure=not args.no_measure,
-                 table=table, iterations=args.iterations, references=not args.no_references)
+    rep = api.export(spec, args.onnx or None, latency_table=args.latency_table, tables=args.tables, batch=args.batch,
+                     threads=args.threads, iterations=args.iterations, measure=not args.no_measure,
+                     references=not args.no_references, runs=args.runs)
     print(f"exported {src.arch} -> {rep.onnx_path}")
     print(f"checked: onnx.checker ok; ONNX Runtime vs torch max abs diff {rep.max_abs_diff:.2e} "
           f"({rep.rel_diff:.2e} relative) on {rep.input_shape}; {rep.params:,} parameters; "
@@ -30,7 +26,7 @@ def cmd_export(args) -> int:
         m = rep.measured_ms
         line = f"measured latency (ONNX Runtime CPU): p10 {m['p10']:.3f} ms, p50 {m['p50']:.3f} ms, p90 {m['p90']:.3f} ms"
         if rep.predicted_ms is not None:
-            stat = table.statistic  # the prediction is of the table's statistic: compare like with like
+            stat = rep.statistic  # the prediction is of the table's statistic: compare like with like
             err = (rep.predicted_ms - m[stat]) / m[stat] * 100
             line += f"; predicted {rep.predicted_ms:.3f} ms ({err:+.1f}% against the measured {stat})"
         print(line)
@@ -100,5 +96,6 @@ def add_parser(sub) -> None:
     p.add_argument("--no-references", action="store_true",
                    help="time the model alone, without the table's reference networks (no drift compensation)")
     p.add_argument("--runs", default="runs")
-    p.add_argument("--tables", default=os.environ.get("HWNAS_TABLES", "latency_tables"))
+    p.add_argument("--tables", default=None, metavar="DIR",
+                   help="table directory (default: the lookup `hwnas latency show` prints)")
     p.set_defaults(func=cmd_export)

@@ -13,6 +13,10 @@ def cmd_latency(args) -> int:
     from hwnas.latency.predictor import LatencyModel
     from hwnas.latency.table import LatencyTable
 
+    if args.latency_cmd == "show":
+        _print_lookup(args)
+        if not args.table:
+            return 0
     table = LatencyTable.load(args.table)
     meta = table.meta
     if args.latency_cmd == "validate":
@@ -49,7 +53,7 @@ def cmd_latency(args) -> int:
             (fast, fast_t), (slow, slow_t) = min(costs), max(costs)
             print(f"{d.name:>14} {fast:>8.3f} {slow:>8.3f}  {fast_t} / {slow_t}")
         return 0
-    from hwnas.export import resolve_arch
+    from hwnas.exporting import resolve_arch
 
     arch = resolve_arch(args.arch).arch
     model = LatencyModel(table, arch.space_obj, arch.config)
@@ -77,6 +81,26 @@ def cmd_latency(args) -> int:
         print(f"{model.of_tokens(arch.layers) * factor:.3f} ms on this machine now (machine factor {factor:.3f}: the "
               f"table's reference networks now / at its validation)")
     return 0
+
+
+def _print_lookup(args) -> None:
+    """The table lookup (``hwnas.latency.lookup``) and the tables of this machine it finds."""
+    import torch
+
+    from hwnas.device import device_slug
+    from hwnas.latency.lookup import is_overlay, table_roots
+    from hwnas.latency.tables import default_threads
+
+    roots = table_roots(args.tables)
+    for line in roots.lines():
+        print(line)
+    slug = device_slug(torch.device("cpu"), default_threads())
+    found = [(root, p) for root in roots.read for p in sorted(root.glob(f"{slug}/*/*.csv"))]
+    print(f"tables for this machine ({slug}):" + ("" if found else " none (hwnas profile makes one; a search "
+                                                                   "profiles what it needs)"))
+    for root, p in found:
+        kind = "overlay" if is_overlay(p) else ("shipped" if root == roots.shipped else "own")
+        print(f"  {kind:<8} {p}")
 
 
 def _latency_drift(args, table) -> int:
@@ -202,8 +226,10 @@ def _latency_validate(args, table) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("latency", help="inspect latency tables")
     lsub = p.add_subparsers(dest="latency_cmd", required=True)
-    q = lsub.add_parser("show", help="summarize a table: the space's latency range, per-layer spread")
-    q.add_argument("--table", required=True)
+    q = lsub.add_parser("show", help="the table lookup and this machine's tables; with --table, a summary of it: "
+                                     "the space's latency range, per-layer spread")
+    q.add_argument("--table", default=None)
+    q.add_argument("--tables", default=None, metavar="DIR", help="table directory (default: the lookup printed)")
     q.add_argument("--space", default=None, help="default: the table's")
     q.add_argument("--num-classes", dest="num_classes", type=int, default=None)
     q.add_argument("--width-mult", dest="width_mult", type=float, default=None)

@@ -1,30 +1,22 @@
 """``hwnas profile``: measure every block of a space on a device into a latency table."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from hwnas.cli._common import (_add_space_opts, _add_table_opts, _print_range, _profile_progress,
-                              _space_and_config)
+from hwnas.cli._common import (_add_space_opts, _add_table_opts, _config_overrides, _print_range,
+                              _profile_progress, _space_and_config)
 
 
 def cmd_profile(args) -> int:
-    from hwnas.device import resolve_device
-    from hwnas.latency.tables import default_table_path, default_threads, profile_space
+    from hwnas import api
 
-    device = resolve_device(args.device)
     space, config = _space_and_config(args)
-    threads = args.threads or default_threads()
-    path = Path(args.table) if args.table else default_table_path(
-        space.name, device=device, backend=args.backend, resolution=config["resolution"], batch=args.batch,
-        dtype=args.dtype, threads=threads, root=args.out, mode=args.mode, provider=args.provider)
-    table = profile_space(space, config, path, device=device, backend=args.backend, batch=args.batch,
-                          dtype=args.dtype, threads=threads, warmup=args.warmup, iterations=args.iterations,
-                          progress=_profile_progress(space.name), mode=args.mode, provider=args.provider,
-                          rounds=args.rounds, statistic=args.statistic, context=args.context,
-                          network_sets=args.network_sets)
+    table = api.profile(args.space, device=args.device, backend=args.backend, config=_config_overrides(args),
+                        arch=args.arch, out=args.out or args.tables, table=args.table, batch=args.batch,
+                        dtype=args.dtype, mode=args.mode, provider=args.provider, threads=args.threads,
+                        warmup=args.warmup, iterations=args.iterations, statistic=args.statistic, rounds=args.rounds,
+                        context=args.context, network_sets=args.network_sets,
+                        progress=_profile_progress(space.name))
     _print_range(table, space, config)
-    print(f"latency table: {path} ({len(table)} rows)")
+    print(f"latency table: {table.path} ({len(table)} rows)")
     return 0
 
 
@@ -35,8 +27,9 @@ def add_parser(sub) -> None:
     _add_table_opts(p)
     p.add_argument("--num-classes", dest="num_classes", type=int, default=None, help="classifier outputs (default 1000)")
     p.add_argument("--arch", default=None, help="profile the skeleton of this arch/preset instead of the space default")
-    p.add_argument("--out", default=os.environ.get("HWNAS_TABLES", "latency_tables"),
-                   help="root directory of latency tables (default %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="table directory to write into (default: --tables, else $HWNAS_TABLES, else the user's "
+                        "table directory; never the shipped tables unless named here)")
     p.add_argument("--table", default=None, help="exact output path (overrides --out's layout)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before a block's first round (default %(default)s)")
     p.add_argument("--iterations", type=int, default=100, help="timed calls per block, all rounds (default %(default)s)")

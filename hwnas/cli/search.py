@@ -3,55 +3,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwnas.cli._common import (Progress, _add_space_opts, _add_table_opts, _config_overrides, _log_to_file,
-                              _parse_opts, _table_callback, log)
+from hwnas.cli._common import (Progress, _add_space_opts, _add_table_opts, _config_overrides, _parse_opts,
+                              _profile_progress)
 from hwnas.strategies import STRATEGIES
 
 
 def cmd_search(args) -> int:
-    from hwnas.device import resolve_device
-    from hwnas.api import build_search
-    from hwnas.runs import new_run_dir
-    from hwnas.search import SearchConfig, load_search_config
+    from hwnas import api
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.json").exists():
-            raise ValueError(f"--resume {run_dir}: not a run directory (no config.json)")
-        cfg = load_search_config(run_dir)
-        if args.opt:  # e.g. a run from before its method's defaults changed, whose config.json lacks them
-            cfg.options = {**cfg.options, **_parse_opts(args.opt)}
-        resolve_device(cfg.device)
-    else:
-        train_device = resolve_device(args.device)
-        from hwnas.spaces import get_space
-        from hwnas.strategies import get_strategy
-
-        strategy = get_strategy(args.method)
-        space_name = args.space or strategy.default_space
-        strategy.check_space(get_space(space_name))
-        epochs, warmup = strategy.default_epochs(get_space(space_name))
-        epochs = args.epochs if args.epochs is not None else epochs
-        warmup = args.warmup_epochs if args.warmup_epochs is not None else min(warmup, max(0, epochs - 1))
-        cfg = SearchConfig(method=args.method, space=space_name, data=args.data, data_root=args.data_root,
-                           seed=args.seed, epochs=epochs, warmup_epochs=warmup,
-                           batch_size=args.batch_size, lr=args.lr, arch_every=args.arch_every,
-                           device=str(train_device), latency_target=args.latency_target,
-                           config=_config_overrides(args), options=_method_options(args),
-                           train_resolution=args.train_resolution, machine_factor=args.machine_factor)
-        cfg.validate()
-        run_dir = new_run_dir(args.runs, cfg.method, cfg.space)
-
-    def record(path, table):
-        cfg.table = str(path)
-        cfg.table_device = (table.meta.get("device") or {}).get("slug")
-
-    table_for = _table_callback(args, cfg.table if args.resume else args.latency_table, record)
-    search = build_search(cfg, run_dir, table=table_for, progress=Progress)  # validates all inputs first
-    _log_to_file(run_dir / "log.txt")
-    log.info("run directory: %s", run_dir)
-    summary = search.run()
-    _print_summary(search, summary)
+    result = api.search(
+        args.method, space=args.space, latency_target=args.latency_target, data=args.data, data_root=args.data_root,
+        config=_config_overrides(args), options=_parse_opts(args.opt) if args.resume else _method_options(args),
+        epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
+        arch_every=args.arch_every, seed=args.seed, device=args.device, train_resolution=args.train_resolution,
+        machine_factor=args.machine_factor, latency_table=args.latency_table, latency_device=args.latency_device,
+        tables=args.tables, backend=args.backend, batch=args.batch, dtype=args.dtype, mode=args.mode,
+        provider=args.provider, threads=args.threads, profile_missing=not args.no_profile,
+        no_latency=args.no_latency, runs=args.runs, resume=args.resume, progress=Progress,
+        profile_progress=_profile_progress(args.space or args.method))
+    _print_summary(result)
     return 0
 
 
@@ -68,15 +38,16 @@ def _method_options(args) -> dict:
     return opts
 
 
-def _print_summary(search, s: dict) -> None:
-    print(search.space.derived_arch_summary(s["arch"]))
+def _print_summary(result) -> None:
+    s, cfg = result.summary, result.config
+    print(result.space.derived_arch_summary(s["arch"]))
     if s["predicted_latency_ms"] is not None:
         lo, hi = s["range_ms"]
         tgt = f"target {s['target_ms']:.3f} ms" if s["target_ms"] is not None else "no target"
         if s["target_ms"] is not None and not s["target_binds"]:
             tgt += " (does not bind)"
         print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; space range {lo:.3f}-{hi:.3f} ms; "
-              f"table {search.cfg.table})")
+              f"table {cfg.table}{' + overlay ' + cfg.table_overlay if cfg.table_overlay else ''})")
         if s.get("predicted_now_ms"):
             print(f"on this machine now (machine factor {s['machine_factor']:.3f}): {s['predicted_now_ms']:.3f} ms")
     print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f} (it ranks candidates; "

@@ -1,32 +1,20 @@
 """``hwnas train``: train an architecture from scratch, report test accuracy."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from hwnas.runs import new_run_dir, run_data
-from hwnas.cli._common import Progress, _arch_spec, _log_to_file
+from hwnas.cli._common import Progress, _arch_spec
 
 
 def cmd_train(args) -> int:
-    from hwnas.device import resolve_device
-    from hwnas.export import resolve_arch
-    from hwnas.train import train_child
+    from hwnas import api
 
-    device = resolve_device(args.device)
-    src = resolve_arch(_arch_spec(args, "train"))
-    data, data_root, resolution = args.data, args.data_root, args.resolution
-    searched = run_data(src.run_dir)
-    if data is None:  # a run directory trains on what it was searched on; anything else on digits
-        data, data_root = searched.get("data") or "digits", data_root or searched.get("data_root")
-        resolution = resolution or searched.get("train_resolution")
-    out = Path(args.out) if args.out else (src.run_dir or new_run_dir(args.runs, "train"))
-    _log_to_file(out / "train_log.txt")
-    r = train_child(src.arch, out, data=data, data_root=data_root, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                    seed=args.seed, device=device, resolution=resolution, progress=Progress)
-    print(f"trained {src.arch} for {r['epochs']} epochs on {r['data']} at {r['resolution']}x{r['resolution']}: "
+    r = api.train(_arch_spec(args, "train"), data=args.data, data_root=args.data_root, resolution=args.resolution,
+                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                  grad_clip=args.grad_clip, seed=args.seed, device=args.device, out=args.out, runs=args.runs,
+                  progress=Progress)
+    out = r["out"]
+    print(f"trained {r['arch']} for {r['epochs']} epochs on {r['data']} at {r['resolution']}x{r['resolution']}: "
           f"test accuracy {r['test_acc']:.4f} (val {r['val_acc']:.4f}), {r['params']:,} parameters; "
-          f"weights {out / 'trained.pt'}" + ("; hwnas export uses them" if out == src.run_dir else ""))
+          f"weights {out / 'trained.pt'}" + ("; hwnas export uses them" if out == r["run_dir"] else ""))
     return 0
 
 

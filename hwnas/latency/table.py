@@ -191,6 +191,7 @@ class LatencyTable:
         self.df = df
         self.meta = meta
         self.path = Path(path) if path is not None else None
+        self.overlay: Path | None = None  # the overlay merged on this table (``with_overlay``), if any
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -258,6 +259,8 @@ class LatencyTable:
         target = path if path is not None else self.path
         if target is None:
             raise LatencyTableError("latency table has no path: pass one to save()")
+        if path is None and self.overlay is not None:  # never fold an overlay's rows into the (shipped) base
+            raise LatencyTableError(f"latency table {self.name} is read with an overlay: save it to a path of its own")
         csv_path, json_path = table_files(target)
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         self.meta["updated"] = _now()
@@ -274,7 +277,32 @@ class LatencyTable:
 
     @property
     def name(self) -> str:
-        return str(self.path) if self.path is not None else "<unsaved>"
+        name = str(self.path) if self.path is not None else "<unsaved>"
+        return f"{name} + overlay {self.overlay}" if self.overlay is not None else name
+
+    @property
+    def layers(self) -> list[str]:
+        """The files this table was read from: its own, then the overlay merged on it."""
+        return [str(p) for p in (self.path, self.overlay) if p is not None]
+
+    def with_overlay(self, top: LatencyTable) -> LatencyTable:
+        """This table with the rows of ``top`` (an overlay: rows profiled later, on the same device, the same
+        way) merged on it; ``LatencyTableError`` naming both files where ``top`` was measured otherwise. The
+        result keeps this table's meta (its calibration and references describe the device) and path."""
+        keys = ("space", "resolution", "batch", "dtype", "backend", "mode", "provider", "statistic", "context")
+        diffs = [f"{k} {self.meta.get(k)!r} != {top.meta.get(k)!r}" for k in keys
+                 if str(self.meta.get(k, "alone" if k == "context" else None))
+                 != str(top.meta.get(k, "alone" if k == "context" else None))]
+        slugs = [(t.meta.get("device") or {}).get("slug") for t in (self, top)]
+        if slugs[0] != slugs[1]:
+            diffs.append(f"device {slugs[0]!r} != {slugs[1]!r}")
+        if diffs:
+            raise LatencyTableError(f"latency table overlay {top.name} does not fit {self.name}: {'; '.join(diffs)} "
+                                    f"(delete the overlay to profile its rows again)")
+        df = pd.concat([self.df[~self.df.index.isin(top.df.index)], top.df])
+        merged = LatencyTable(df, self.meta, self.path)
+        merged.overlay = top.path
+        return merged
 
     @property
     def statistic(self) -> str:

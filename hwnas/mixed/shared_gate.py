@@ -11,7 +11,7 @@ superkernel of Single-Path NAS (Stamoulis et al. 2019, Sec. 3.1), but sampled as
 and computed at the candidate's own cost (sliced weights, not masks). Every step then trains weights
 that every candidate uses. Why: with separate weights each candidate moves only on the steps that
 sample it, and on a small proxy (digits, ~500 steps) the sampled supernet stays at chance while its
-shared-weight form learns (README, "Known limits"). A layer that is not such a grid keeps separate
+shared-weight form learns (docs/methods.md, "Shared- vs separate-weight supernets"). A layer that is not such a grid keeps separate
 weights (``build`` returns a ``BinaryGatedOp``).
 """
 from __future__ import annotations

@@ -84,7 +84,7 @@ class SupernetPath(Evaluator):
 
 
 class TrainFromScratch(Evaluator):
-    """The ``hwnas train`` recipe (``hwnas.train.train_child``: the space's defaults) for ``epochs``
+    """The ``hwnas train`` recipe (``hwnas.training.train_child``: the space's defaults) for ``epochs``
     epochs; each trial trains into ``out_dir/trial-<hash of its tokens>``. ``accuracy`` is the validation
     accuracy (the test split stays unseen by the selection)."""
 
@@ -96,7 +96,7 @@ class TrainFromScratch(Evaluator):
 
     def evaluate(self, layers: list[str], seed: int) -> dict:
         from hwnas.spaces import Arch
-        from hwnas.train import train_child
+        from hwnas.training import train_child
 
         key = hashlib.sha1(" ".join(layers).encode()).hexdigest()[:10]
         r = train_child(Arch(self.space_name, self.config, list(layers)), self.out_dir / f"trial-{key}",

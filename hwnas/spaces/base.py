@@ -43,7 +43,7 @@ class LatencyTerms:
 class Space(ABC):
     """A search space (see the module docstring). ``capabilities`` name what the space offers strategies
     (a strategy lists the ones it needs); ``search_epochs`` is (epochs, weight-only warm-up) of a search
-    when the user gives none; ``train_defaults`` the from-scratch recipe (``hwnas.train``)."""
+    when the user gives none; ``train_defaults`` the from-scratch recipe (``hwnas.training``)."""
 
     name: str
     paper: str

@@ -2,7 +2,7 @@
 is chosen. One file per method, registered by name (``@register``); a new method subclasses the closest
 one and overrides only what differs.
 
-``Strategy`` is the minimal seam the search loop (``hwnas.search``) drives, an ``nn.Module`` that owns
+``Strategy`` is the minimal seam the search loop (``hwnas.searching``) drives, an ``nn.Module`` that owns
 its supernet, so ``.to(device)`` and ``state_dict()`` cover both:
 
 - ``weight_step(batch, optimizer)`` on every training batch: the method's weight update (one sampled path

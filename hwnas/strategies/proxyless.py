@@ -17,7 +17,7 @@
 - Option ``weights``: ``shared`` (default) cuts the candidates of every kernel x expansion layer out of
   one MBConv (``SharedBinaryGatedOp``: Once-for-All's elastic kernel and width), ``separate`` gives
   every candidate its own weights as the paper does. On a small proxy the separate-weight supernet
-  does not learn in a search's few hundred steps (README, "Known limits"); gates, sampling and eq. 4
+  does not learn in a search's few hundred steps (docs/methods.md, "Shared- vs separate-weight supernets"); gates, sampling and eq. 4
   are the same either way.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ Measured on a shared VM (``tools/torch_heap_effect.py``: proxyless networks, eac
 by block in place, several runs per regime, alternating), the kept heap ran a little faster on average,
 varied less from run to run, and its in-place block sums stayed closer to the whole network than with
 glibc's defaults. The effect is real but smaller than that VM's own noise (the same network built several
-times and timed interleaved), which is what limits the torch tables (README; measurements:
+times and timed interleaved), which is what limits the torch tables (docs/latency.md; measurements:
 docs/measurements.md, 'Heap allocator'; ``bench/results/cpu-amd-epyc-2t/torch-heap.md``).
 
 So torch on the CPU is timed with the heap kept (``keep_heap``, called by ``timing.Runner``), the table's

@@ -113,12 +113,13 @@ def _plan_key(space, config: dict, archs: list[list[str]], settings: dict) -> st
 def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads: int, meta: dict, reps: int = NETWORK_SETS,
                        warmup: int = 10, iterations: int = 100, rounds: int = 5, min_round_s: float = 1.0,
                        seed: int = 0, statistic: str = "p10", dtype: str = "fp32", batch: int = 1,
-                       only_missing: bool = True, progress=None) -> LatencyTable:
+                       only_missing: bool = True, progress=None, present=frozenset()) -> LatencyTable:
     """Profile every row of ``space`` at ``config``'s deploy shape in place (see the module docstring) into
     the table at ``path`` and return it. Each covering network is timed for ``iterations`` calls (after
     ``warmup``) in ``rounds`` interleaved rounds of its set, at least ``min_round_s`` each; a row's
     statistics pool every in-place call of that block. With ``only_missing`` an existing table keeps its
-    rows (the sets still run whole: a row is measured in networks, not alone).
+    rows (the sets still run whole: a row is measured in networks, not alone); rows in ``present`` (those of
+    the table ``path`` overlays) count as there already.
     ``progress(done, total, what)`` counts network-rounds."""
     if not space.chained_blocks:
         raise ValueError(f"in-network profiling covers chain spaces (networks that are a chain of blocks); "
@@ -134,7 +135,7 @@ def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads:
     archs = covering_archs(space, cfg, reps, seed)
     positions = [block_positions(space, cfg, a) for a in archs]
     wanted = {sig for pos in positions for _, sig in pos if sig is not None}
-    if only_missing and not table.missing(sorted(wanted)):
+    if only_missing and not table.missing(sorted(wanted - set(present))):
         if table.path is None:
             table.save(path)
         return table
@@ -172,7 +173,7 @@ def profile_in_network(space, config: dict, path: str | os.PathLike, *, threads:
         del runners
         atomic_write_text(partial, json.dumps({"key": key, "sets_done": s + 1, "samples": pooled}) + "\n")
     for sig in sorted(wanted):
-        if only_missing and sig in table:
+        if only_missing and (sig in table or sig in present):
             continue
         table.add(sig, summarize(np.asarray(pooled[sig])))
     table.meta["in_network_seconds"] = round(time.perf_counter() - started, 1)

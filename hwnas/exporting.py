@@ -72,6 +72,7 @@ class ExportReport:
     measured_ms: dict | None = None
     predicted_ms: float | None = None
     table: str | None = None
+    statistic: str | None = None  # the table's: the one the prediction is of
     notes: list[str] = field(default_factory=list)
     machine_factor: float | None = None  # reference networks now / at the table's validation (median)
     reference_ratios: list[float] | None = None
@@ -170,7 +171,8 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
         from hwnas.latency.predictor import LatencyModel
 
         report.predicted_ms = LatencyModel(table, src.arch.space_obj, src.arch.config).of_tokens(src.arch.layers)
-        report.table = str(table.path) if getattr(table, "path", None) else None
+        report.table = table.name if getattr(table, "path", None) else None
+        report.statistic = table.statistic
     if src.run_dir is not None:
         from hwnas.spaces import atomic_write_text
 

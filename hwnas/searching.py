@@ -59,6 +59,7 @@ class SearchConfig:
     config: dict = field(default_factory=dict)  # skeleton overrides (width_mult, resolution, ...)
     options: dict = field(default_factory=dict)  # method options (arch_lr, loss, loss_params, ...)
     table: str | None = None  # the latency table path (recorded; loaded by the caller)
+    table_overlay: str | None = None  # the user's overlay of that (shipped) table, if rows were profiled on top
     table_device: str | None = None  # the device the table was profiled on (slug)
     train_resolution: int | None = None  # proxy input size for the search (default: the data's, digits 32)
     # this machine's speed now / at the table's validation (hwnas.latency.drift): an absolute target is
@@ -288,7 +289,8 @@ class Search:
         val_acc = evaluate_path(self.strategy, tokens, self.val_loader, self.device, self.train_loader)
         predicted = self.latency.of_tokens(tokens) if self.latency is not None else None
         arch.meta = {"provenance": {"method": self.cfg.method, "run_dir": str(self.run_dir), "data": self.cfg.data,
-                                    "seed": self.cfg.seed, "table": self.cfg.table, "table_device": self.cfg.table_device,
+                                    "seed": self.cfg.seed, "table": self.cfg.table,
+                                    "table_overlay": self.cfg.table_overlay, "table_device": self.cfg.table_device,
                                     "predicted_latency_ms": predicted, "target_ms": self.target_ms,
                                     "supernet_val_acc": val_acc}}
         arch.save(self.run_dir / "arch.json")
