@@ -81,17 +81,33 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
            backend: str = "onnxruntime", batch: int = 1, dtype: str = "fp32", mode: str | None = None,
            provider: str | None = None, threads: int | None = None, profile_missing: bool = True,
            no_latency: bool = False, runs: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
-           progress=NullProgress, profile_progress=None) -> SearchResult:
+           evaluator: str = "train", trials: int = 20, trial_epochs: int = 1, supernet: str | None = None,
+           progress=NullProgress, profile_progress=None, trial_progress=None) -> SearchResult:
     """Search ``space`` (default: the method's) with ``method`` on ``data`` and derive an architecture that
     meets ``latency_target`` (``"20ms"``, ``"800us"``, ``"40%"`` of the space's range; None: the latency
     term without a promise) on this machine's table (``hwnas search``). The table is ``latency_table``
     if given, else found by the lookup (``tables``), its missing rows profiled first unless
     ``profile_missing=False``. ``resume=RUN_DIR`` continues a killed search from its last checkpoint, on
-    the table(s) it started with. ``epochs``/``warmup_epochs`` default to the method's for the space."""
+    the table(s) it started with. ``epochs``/``warmup_epochs`` default to the method's for the space.
+
+    A multi-trial ``method`` (``random``, ``evolution``: ``hwnas.selection``) evaluates ``trials`` distinct
+    architectures with ``evaluator`` (``train``: each trained from scratch for ``trial_epochs``; ``supernet``:
+    each a path of the trained supernet of the one-shot run ``supernet``) and returns the most accurate one
+    predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``."""
     from hwnas.device import resolve_device
     from hwnas.runs import new_run_dir
+    from hwnas.selection import SELECTORS
+    from hwnas.selection.run import is_selection_run
     from hwnas.strategies import get_strategy
 
+    if (resume and is_selection_run(resume)) or (not resume and method in SELECTORS):
+        return _select(method, space=space, latency_target=latency_target, data=data, data_root=data_root,
+                       config=config, options=options, seed=seed, device=device, train_resolution=train_resolution,
+                       trials=trials, trial_epochs=trial_epochs, evaluator=evaluator, supernet=supernet,
+                       runs=runs, resume=resume, table=table_callback(
+                           latency_table, no_latency=no_latency, latency_device=latency_device, tables=tables,
+                           backend=backend, batch=batch, dtype=dtype, mode=mode, provider=provider, threads=threads,
+                           profile_missing=profile_missing, progress=profile_progress), progress=trial_progress)
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
@@ -136,6 +152,38 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     from hwnas.exporting import resolve_arch
 
     return SearchResult(run_dir, resolve_arch(str(run_dir)).arch, summary, cfg, run.space)
+
+
+def _select(method, *, space, latency_target, data, data_root, config, options, seed, device, train_resolution,
+            trials, trial_epochs, evaluator, supernet, runs, resume, table, progress) -> SearchResult:
+    """A multi-trial search (``hwnas.selection.run``) as ``search`` runs it."""
+    from hwnas.device import resolve_device
+    from hwnas.exporting import resolve_arch
+    from hwnas.latency.lookup import load_layers
+    from hwnas.runs import new_run_dir
+    from hwnas.selection.run import SelectionConfig, load_selection_config, run_selection
+
+    if resume:
+        run_dir = Path(resume)
+        cfg = load_selection_config(run_dir)
+        layers = [p for p in (cfg.table, cfg.table_overlay) if p]
+        if layers:
+            table = load_layers(layers)
+    else:
+        cfg = SelectionConfig(method=method, evaluator=evaluator, trials=trials, space=space or "proxyless", data=data,
+                              data_root=data_root, seed=seed, latency_target=latency_target, config=dict(config or {}),
+                              options=dict(options or {}), trial_epochs=trial_epochs,
+                              device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution)
+        cfg.validate()
+        run_dir = new_run_dir(runs, cfg.method, cfg.space if evaluator != "supernet" else "supernet")
+    handler = _log_file(run_dir / "log.txt")
+    try:
+        summary = run_selection(cfg, run_dir, table=table, progress=progress)
+    finally:
+        logging.getLogger("hwnas").removeHandler(handler)
+        handler.close()
+    arch = resolve_arch(str(run_dir)).arch
+    return SearchResult(run_dir, arch, summary, cfg, arch.space_obj)
 
 
 def table_callback(latency_table=None, *, record=None, no_latency: bool = False, latency_device: str = "cpu",

@@ -51,7 +51,7 @@ def test_ci_runs_the_readme_test_command():
     assert blocks[0].strip().endswith("hwnas export --onnx")
 
 
-def test_the_python_api_example_runs(tmp_path, monkeypatch):
+def test_the_python_api_example_runs(quick_tables, tmp_path):
     import hwnas
 
     code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
@@ -59,10 +59,7 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     for long, short in cut.items():
         assert code.count(long) == 1, f"the README's example changed: {long!r} not found once"
         code = code.replace(long, short)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HWNAS_TABLES", str(tmp_path / "tables"))
-    # a quick table for the smaller network (the example's own would profile for minutes)
-    hwnas.profile("proxyless", config={"width_mult": 0.25, "num_classes": 10}, warmup=1, iterations=3, rounds=1)
+    # ``quick_tables``: a quick table for the smaller network (the example's own would profile for minutes)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     result, report = scope["result"], scope["report"]
@@ -71,4 +68,4 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     assert Path(report.onnx_path).exists() and report.measured_ms["p50"] > 0
     assert report.predicted_ms == pytest.approx(hwnas.predict(result.run_dir))
     assert 0.0 <= scope["trained"]["test_acc"] <= 1.0
-    assert result.config.table.startswith(str(tmp_path / "tables")) and result.config.table_overlay is None
+    assert result.config.table.startswith(str(quick_tables)) and result.config.table_overlay is None

@@ -20,9 +20,39 @@ def cmd_search(args) -> int:
         tables=args.tables, backend=args.backend, batch=args.batch, dtype=args.dtype, mode=args.mode,
         provider=args.provider, threads=args.threads, profile_missing=not args.no_profile,
         no_latency=args.no_latency, runs=args.runs, resume=args.resume, progress=Progress,
-        profile_progress=_profile_progress(args.space or args.method))
-    _print_summary(result)
+        profile_progress=_profile_progress(args.space or args.method), evaluator=args.evaluator, trials=args.trials,
+        trial_epochs=args.trial_epochs, supernet=args.supernet, trial_progress=_trial_progress())
+    if "trials" in result.summary:
+        _print_selection_summary(result)
+    else:
+        _print_summary(result)
     return 0
+
+
+def _trial_progress():
+    state = {}
+
+    def callback(done, total):
+        if "bar" not in state:
+            state["bar"] = Progress(total, "trials")
+            state["bar"].update(done - 1)
+        state["bar"].update(1)
+        if done == total:
+            state["bar"].close()
+
+    return callback
+
+
+def _print_selection_summary(result) -> None:
+    s, cfg = result.summary, result.config
+    print(f"best of {s['trials']} trials ({cfg.method}, scored by {cfg.evaluator}): trial {s['trial']}, "
+          f"accuracy {s['accuracy']:.4f}: {result.space.describe(s['arch'])}")
+    if s["predicted_latency_ms"] is not None:
+        tgt = f"target {s['target_ms']:.3f} ms" if s["target_ms"] is not None else "no target"
+        print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; table {cfg.table}"
+              f"{' + overlay ' + cfg.table_overlay if cfg.table_overlay else ''})")
+    print(f"run directory: {s['run_dir']} (arch.json, trials.jsonl, best_so_far.png, log.txt); next: hwnas train, "
+          f"then hwnas export --onnx")
 
 
 def _method_options(args) -> dict:
@@ -58,8 +88,20 @@ def _print_summary(result) -> None:
 
 
 def add_parser(sub) -> None:
+    from hwnas.selection import SELECTORS
+
     p = sub.add_parser("search", help="latency-aware architecture search")
-    p.add_argument("--method", default="proxyless", choices=sorted(STRATEGIES))
+    p.add_argument("--method", default="proxyless", choices=sorted(STRATEGIES) + sorted(SELECTORS),
+                   help="a one-shot method, or a multi-trial one (random, evolution) that evaluates --trials "
+                        "architectures with --evaluator")
+    p.add_argument("--evaluator", default="train", choices=["train", "supernet"],
+                   help="multi-trial: train each candidate from scratch (--trial-epochs), or score it as a path of "
+                        "the trained supernet of --supernet RUN (BatchNorm recalibrated)")
+    p.add_argument("--trials", type=int, default=20, help="multi-trial: architectures to evaluate (default %(default)s)")
+    p.add_argument("--trial-epochs", type=int, default=1,
+                   help="multi-trial, --evaluator train: epochs per candidate (default %(default)s)")
+    p.add_argument("--supernet", default=None, metavar="RUN_DIR",
+                   help="multi-trial, --evaluator supernet: a finished one-shot search whose supernet scores paths")
     _add_space_opts(p, space_default=None)
     p.add_argument("--latency-target", default=None,
                    help="e.g. 20ms, 800us, or 40%% (that far from the fastest to the slowest architecture)")

@@ -40,6 +40,11 @@ class Selector(ABC):
     def tell(self, layers: list[str], result: dict) -> None:
         """The result of evaluating ``layers`` (the evaluator's dict); ignored by default."""
 
+    @classmethod
+    def budget_defaults(cls, n_trials: int) -> dict:
+        """Options that default to a function of the trial budget (none by default)."""
+        return {}
+
     @abstractmethod
     def settings(self) -> dict:
         """What fixes the proposals (JSON): recorded with the trials, checked on resume."""

@@ -1,0 +1,85 @@
+"""Regularized (aging) evolution: Real, Aggarwal, Huang & Le, "Regularized Evolution for Image Classifier
+Architecture Search", AAAI 2019, Algorithm 1.
+
+The population is a queue of the ``population`` most recent trials. Until it is full, a proposal is a
+random architecture; then each proposal samples ``sample`` members of the population uniformly *with
+replacement* (as Algorithm 1 does), takes the most accurate of them as the parent and applies one
+mutation (``Space.mutate``: one decision set to another of its tokens). Each told result joins the queue
+on the right and, once the queue holds ``population``, the *oldest* member dies (left), not the worst:
+the aging that regularizes the search (Sec. 3). The paper ran P=100, S=25 over 20,000 models; here the
+defaults scale to the budget: ``population = clip(n_trials / 5, 4, 100)`` and ``sample = max(2, P / 4)``
+(the paper's S/P), so that at 100 trials four fifths of them evolve.
+
+With a latency target the initial population is random search's (``RandomSelector``: the most probable
+architecture in [0.9T, T] under random scores), and a mutant predicted above T is never evaluated: the
+mutation is *resampled* (up to ``tries`` draws from the same parent), and if none of them meets T the
+proposal is a fresh random architecture in the window. Resampling, not repair: a repair (moving decisions
+to faster tokens until the mutant fits) would change several decisions at once and always toward the
+fastest tokens, where one resampled mutation keeps the child a single step from its parent, which is
+what the tournament's selection pressure acts through. Mutants faster than 0.9T are allowed: the
+window's lower edge is a promise of the one-shot derivation, while here every trial below T is a legal
+answer and the most accurate one is returned.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from hwnas.selection.random_search import RandomSelector
+from hwnas.selection.selector import Selector, register
+
+
+def scaled_population(n_trials: int) -> int:
+    """The population for a budget of ``n_trials``: a fifth of it, between 4 and the paper's 100."""
+    return int(min(100, max(4, round(n_trials / 5))))
+
+
+@register
+class RegularizedEvolution(Selector):
+    name = "evolution"
+
+    def __init__(self, space, config: dict, seed: int = 0, latency=None, window: tuple[float, float] | None = None,
+                 *, population: int = 20, sample: int | None = None, tries: int = 20, metric: str = "accuracy"):
+        population, sample = int(population), int(sample if sample is not None else max(2, round(population / 4)))
+        if population < 2 or not 1 <= sample or tries < 1:
+            raise ValueError(f"evolution needs population >= 2, sample >= 1 and tries >= 1 "
+                             f"(got {population}, {sample}, {tries})")
+        self.space, self.config, self.seed, self.latency, self.window = space, config, int(seed), latency, window
+        self.population_size, self.sample_size, self.tries, self.metric = population, sample, int(tries), metric
+        self.rng = random.Random(self.seed)
+        self.random = RandomSelector(space, config, seed=self.seed + 1, latency=latency, window=window)
+        self.population: deque[tuple[list[str], float]] = deque()
+        self.told = 0
+
+    @classmethod
+    def budget_defaults(cls, n_trials: int) -> dict:
+        return {"population": scaled_population(n_trials)}
+
+    def _meets(self, layers: list[str]) -> bool:
+        return self.window is None or self.latency.of_tokens(layers) <= self.window[1]
+
+    def parent(self) -> list[str]:
+        """The most accurate of ``sample`` members drawn with replacement (ties: the first drawn)."""
+        drawn = [self.population[self.rng.randrange(len(self.population))] for _ in range(self.sample_size)]
+        return max(drawn, key=lambda member: member[1])[0]
+
+    def ask(self) -> list[str]:
+        if self.told < self.population_size:
+            return self.random.ask()
+        parent = self.parent()
+        for _ in range(self.tries):
+            child = self.space.mutate(parent, self.rng, self.config)
+            if self._meets(child):
+                return child
+        return self.random.ask()
+
+    def tell(self, layers: list[str], result: dict) -> None:
+        self.population.append((list(layers), float(result[self.metric])))
+        if len(self.population) > self.population_size:
+            self.population.popleft()  # the oldest dies, however accurate
+        self.told += 1
+
+    def settings(self) -> dict:
+        return {"selector": self.name, "seed": self.seed, "population": self.population_size,
+                "sample": self.sample_size, "tries": self.tries, "metric": self.metric,
+                "window": None if self.window is None else list(self.window)}
