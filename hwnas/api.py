@@ -90,7 +90,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     ``profile_missing=False``. ``resume=RUN_DIR`` continues a killed search from its last checkpoint, on
     the table(s) it started with. ``epochs``/``warmup_epochs`` default to the method's for the space.
 
-    A multi-trial ``method`` (``random``, ``evolution``: ``hwnas.selection``) evaluates ``trials`` distinct
+    A multi-trial ``method`` (``random``, ``evolution``, ``bo``, ``rl``: ``hwnas.selection``) evaluates ``trials`` distinct
     architectures with ``evaluator`` (``train``: each trained from scratch for ``trial_epochs``; ``supernet``:
     each a path of the trained supernet of the one-shot run ``supernet``) and returns the most accurate one
     predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``."""

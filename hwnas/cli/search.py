@@ -92,7 +92,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("search", help="latency-aware architecture search")
     p.add_argument("--method", default="proxyless", choices=sorted(STRATEGIES) + sorted(SELECTORS),
-                   help="a one-shot method, or a multi-trial one (random, evolution) that evaluates --trials "
+                   help="a one-shot method, or a multi-trial one (random, evolution, bo, rl) that evaluates --trials "
                         "architectures with --evaluator")
     p.add_argument("--evaluator", default="train", choices=["train", "supernet"],
                    help="multi-trial: train each candidate from scratch (--trial-epochs), or score it as a path of "

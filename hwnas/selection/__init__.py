@@ -6,9 +6,10 @@ A new black-box method (regularized evolution, Bayesian optimization) is one ``S
 from hwnas.selection.evaluate import Evaluator, SupernetPath, TrainFromScratch, evaluate_path, recalibrate_bn
 from hwnas.selection.loop import read_trials, run_trials
 from hwnas.selection.bayesian import TPESelector
+from hwnas.selection.controller import ControllerSelector
 from hwnas.selection.evolution import RegularizedEvolution
 from hwnas.selection.random_search import RandomSelector
 from hwnas.selection.selector import SELECTORS, Selector, get_selector, register
 
-__all__ = ["SELECTORS", "Evaluator", "RandomSelector", "RegularizedEvolution", "TPESelector", "Selector", "SupernetPath", "TrainFromScratch",
+__all__ = ["SELECTORS", "ControllerSelector", "Evaluator", "RandomSelector", "RegularizedEvolution", "TPESelector", "Selector", "SupernetPath", "TrainFromScratch",
            "evaluate_path", "get_selector", "read_trials", "recalibrate_bn", "register", "run_trials"]

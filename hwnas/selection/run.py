@@ -1,4 +1,4 @@
-"""A multi-trial search as a run directory: ``hwnas search --method random|evolution --evaluator train|supernet``.
+"""A multi-trial search as a run directory: ``hwnas search --method random|evolution|bo|rl --evaluator train|supernet``.
 
 The selector (``SELECTORS``) proposes, the evaluator scores, ``run_trials`` records ``trials.jsonl``; at the
 end the most accurate trial predicted within the target is the run's ``arch.json`` (for ``hwnas train`` and
