@@ -38,3 +38,18 @@ def synthetic_table(space, config, seed: int = 0) -> DictTable:
             scale = (1 + OPS.index(tok)) / 4 * int(b.signature.split(":")[1][1:]) / 36
         rows[b.signature] = round(0.05 + 0.1 * scale * (1 + rng.random() * 0.2), 6)
     return DictTable(rows)
+
+
+def assert_selector_resumes_by_replay(make, task_factory, tmp_path, n: int, killed_after: int, latency=None):
+    """A selector built by ``make()`` proposes the same trials when a run killed after ``killed_after`` of ``n``
+    trials is resumed (by replay), and evaluates only the missing ones."""
+    from hwnas.selection import read_trials, run_trials
+
+    full = run_trials(make(), task_factory(), tmp_path / "full", n, latency=latency)
+    run_trials(make(), task_factory(), tmp_path / "killed", n, latency=latency)
+    path = tmp_path / "killed" / "trials.jsonl"
+    path.write_text("\n".join(path.read_text().splitlines()[:killed_after]) + "\n")
+    task = task_factory()
+    resumed = run_trials(make(), task, tmp_path / "killed", n, latency=latency)
+    assert [t["arch"] for t in resumed] == [t["arch"] for t in full]
+    assert len(task.calls) == n - killed_after and len(read_trials(path)) == n

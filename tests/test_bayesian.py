@@ -3,8 +3,9 @@ duplicate proposals, resume by replay, and that it beats random search on a stru
 import numpy as np
 import pytest
 
-from hwnas.selection import RandomSelector, get_selector, read_trials, run_trials
+from hwnas.selection import RandomSelector, get_selector
 from hwnas.selection.bayesian import TPESelector
+from tests.helpers import assert_selector_resumes_by_replay
 from tests.test_evolution import Structured, _setup
 
 pytest.importorskip("optuna")
@@ -41,14 +42,7 @@ def test_bo_beats_random_search_within_the_target():
 def test_bo_resumes_by_replay_and_records_its_settings(tmp_path):
     space, cfg, model, window = _setup()
     make = lambda: TPESelector(space, cfg, seed=4, latency=model, window=window, startup=5)  # noqa: E731
-    full = run_trials(make(), Structured(space, cfg), tmp_path / "a", 15, latency=model)
-    run_trials(make(), Structured(space, cfg), tmp_path / "b", 15, latency=model)
-    lines = (tmp_path / "b" / "trials.jsonl").read_text().splitlines()
-    (tmp_path / "b" / "trials.jsonl").write_text("\n".join(lines[:8]) + "\n")  # killed after 8
-    task = Structured(space, cfg)
-    resumed = run_trials(make(), task, tmp_path / "b", 15, latency=model)
-    assert [t["arch"] for t in resumed] == [t["arch"] for t in full] and len(task.calls) == 7
-    assert len(read_trials(tmp_path / "b" / "trials.jsonl")) == 15
+    assert_selector_resumes_by_replay(make, lambda: Structured(space, cfg), tmp_path, 15, 8, latency=model)
     assert get_selector("bo") is TPESelector
     assert make().settings() == {"selector": "bo", "seed": 4, "startup": 5, "candidates": 24, "multivariate": True,
                                  "tries": 50, "metric": "accuracy", "window": list(window)}

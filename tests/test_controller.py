@@ -9,6 +9,7 @@ import torch
 from hwnas.selection import get_selector
 from hwnas.selection.controller import ControllerSelector, mnas_reward
 from hwnas.spaces.base import Decision
+from tests.helpers import assert_selector_resumes_by_replay
 from tests.test_evolution import Structured, _setup
 
 
@@ -79,15 +80,6 @@ def test_the_controller_learns_its_reward_rises_over_the_trials():
 
 
 def test_the_controller_resumes_by_replay(tmp_path):
-    from hwnas.selection import read_trials, run_trials
-
     space, cfg, model, window = _setup()
-    make = lambda: ControllerSelector(space, cfg, seed=3, latency=model, window=window)  # noqa: E731
-    full = run_trials(make(), Structured(space, cfg), tmp_path / "a", 12, latency=model)
-    run_trials(make(), Structured(space, cfg), tmp_path / "b", 12, latency=model)
-    lines = (tmp_path / "b" / "trials.jsonl").read_text().splitlines()
-    (tmp_path / "b" / "trials.jsonl").write_text("\n".join(lines[:5]) + "\n")  # killed after 5
-    task = Structured(space, cfg)
-    resumed = run_trials(make(), task, tmp_path / "b", 12, latency=model)
-    assert [t["arch"] for t in resumed] == [t["arch"] for t in full] and len(task.calls) == 7
-    assert len(read_trials(tmp_path / "b" / "trials.jsonl")) == 12
+    assert_selector_resumes_by_replay(lambda: ControllerSelector(space, cfg, seed=3, latency=model, window=window),
+                                      lambda: Structured(space, cfg), tmp_path, 12, 5, latency=model)
