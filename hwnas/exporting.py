@@ -172,7 +172,7 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
 
         report.predicted_ms = LatencyModel(table, src.arch.space_obj, src.arch.config).of_tokens(src.arch.layers)
         report.table = table.name if getattr(table, "path", None) else None
-        report.statistic = table.statistic
+        report.statistic = getattr(table, "statistic", None)
     if src.run_dir is not None:
         from hwnas.spaces import atomic_write_text
 

@@ -26,7 +26,7 @@ def cmd_export(args) -> int:
         m = rep.measured_ms
         line = f"measured latency (ONNX Runtime CPU): p10 {m['p10']:.3f} ms, p50 {m['p50']:.3f} ms, p90 {m['p90']:.3f} ms"
         if rep.predicted_ms is not None:
-            stat = rep.statistic  # the prediction is of the table's statistic: compare like with like
+            stat = rep.statistic or "p50"  # the prediction is of the table's statistic: compare like with like
             err = (rep.predicted_ms - m[stat]) / m[stat] * 100
             line += f"; predicted {rep.predicted_ms:.3f} ms ({err:+.1f}% against the measured {stat})"
         print(line)
