@@ -17,18 +17,26 @@ SMALL = {"width_mult": 0.25}
 
 
 def test_evolution_trains_trials_resumes_after_kill_9_and_returns_the_best_within_the_target(quick_tables, tmp_path):
+    from hwnas.latency.table import LatencyTable
+
+    # the quick table's thread count names it (cpu-...-<N>t): the child process must time the same way
+    threads = LatencyTable.load(next(quick_tables.glob("*/*/*.csv"))).meta["threads"]
     argv = [sys.executable, "-m", "hwnas", "search", "--method", "evolution", "--trials", "4", "--trial-epochs", "1",
-            "--width-mult", "0.25", "--latency-target", "50%", "--no-profile", "--opt", "population=2"]
+            "--width-mult", "0.25", "--latency-target", "50%", "--no-profile", "--opt", "population=2",
+            "--threads", str(threads)]
     env = {**os.environ, "HWNAS_PROGRESS": "0"}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
+    deadline, done = time.time() + 300, []
     while time.time() < deadline:
         done = list(tmp_path.glob("runs/*/trials.jsonl"))
         if done and len(done[0].read_text().splitlines()) >= 2:
             break
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended before it could be killed: {proc.stdout.read().decode()[-2000:]}")
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert done, "no trial recorded within 300 s"
     run = done[0].parent
     kept = read_trials(run / "trials.jsonl")
     assert 2 <= len(kept) < 4 and not (run / "arch.json").exists()
