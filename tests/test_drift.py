@@ -51,8 +51,16 @@ def test_drift_is_the_median_ratio_of_the_references_now_to_then(tmp_path, monke
     from hwnas.latency.drift import measure_drift
     from hwnas.latency.table import LatencyTable
 
+    import torch
+
     seen = _fake_timing(monkeypatch, lambda ms: {2.0: 1.5, 3.0: 2.4, 4.0: 3.6}[ms])  # 0.75, 0.8, 0.9
-    d = measure_drift(LatencyTable.load(_table(tmp_path)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    try:
+        d = measure_drift(LatencyTable.load(_table(tmp_path)))  # a 1-thread table: timed on 1 thread ...
+        assert torch.get_num_threads() == max(2, before)  # ... the caller's threads given back (a search trains next)
+    finally:
+        torch.set_num_threads(before)
     assert d["factor"] == pytest.approx(0.8) and d["ratios"] == pytest.approx([0.75, 0.8, 0.9])
     assert d["then_ms"] == [2.0, 3.0, 4.0] and d["statistic"] == "p50"
     assert len(seen) == 3 and all(shape == (1, 3, 32, 32) and kw["backend"] == "torch" and kw["threads"] == 1

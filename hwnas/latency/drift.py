@@ -58,12 +58,17 @@ def measure_drift(table, *, warmup: int = 10, iterations: int = 100, rounds: int
     mode, provider = table_runtime(meta)
     threads, res, batch = int(meta.get("threads", 1)), int(meta["resolution"]), int(meta.get("batch", 1))
     device = "cuda:0" if (meta.get("device") or {}).get("type") == "cuda" else "cpu"
+    saved_threads = torch.get_num_threads()  # timed at the table's threads; the caller's setting restored after
     if device == "cpu":
         torch.set_num_threads(threads)
-    nets = reference_networks(table)
-    runners = [Runner(net, (batch, 3, res, res), backend=meta["backend"], device=device, threads=threads,
-                      dtype=meta.get("dtype", "fp32"), mode=mode, provider=provider) for net, _ in nets]
-    stats = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds, min_round_s=min_round_s)
+    try:
+        nets = reference_networks(table)
+        runners = [Runner(net, (batch, 3, res, res), backend=meta["backend"], device=device, threads=threads,
+                          dtype=meta.get("dtype", "fp32"), mode=mode, provider=provider) for net, _ in nets]
+        stats = measure_interleaved(runners, warmup=warmup, iterations=iterations, rounds=rounds,
+                                    min_round_s=min_round_s)
+    finally:
+        torch.set_num_threads(saved_threads)
     stat = table.statistic
     now, then = [float(s[stat]) for s in stats], [ms for _, ms in nets]
     return {"factor": machine_factor(now, then), "ratios": [n / t for n, t in zip(now, then, strict=True)],
