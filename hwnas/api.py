@@ -48,7 +48,7 @@ def profile(space: str = "proxyless", *, device: str = "cpu", backend: str = "on
     from hwnas.latency.tables import default_table_path, default_threads, profile_space
 
     dev = resolve_device(device)
-    sp, cfg = _space_and_config(space, config, arch)
+    sp, cfg = space_and_config(space, config, arch)
     threads = threads or default_threads()
     path = Path(table) if table else default_table_path(
         sp.name, device=dev, backend=backend, resolution=cfg["resolution"], batch=batch, dtype=dtype,
@@ -95,6 +95,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     each a path of the trained supernet of the one-shot run ``supernet``) and returns the most accurate one
     predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``."""
     from hwnas.device import resolve_device
+    from hwnas.latency.lookup import recorded_layers
     from hwnas.runs import new_run_dir
     from hwnas.selection import SELECTORS
     from hwnas.selection.run import is_selection_run
@@ -116,7 +117,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
         if options:  # e.g. a run from before its method's defaults changed, whose config.json lacks them
             cfg.options = {**cfg.options, **options}
         resolve_device(cfg.device)
-        latency_table = [p for p in (cfg.table, cfg.table_overlay) if p] or None
+        latency_table = recorded_layers(cfg) or None
     else:
         train_device = resolve_device(device)
         strategy = get_strategy(method)
@@ -159,14 +160,14 @@ def _select(method, *, space, latency_target, data, data_root, config, options, 
     """A multi-trial search (``hwnas.selection.run``) as ``search`` runs it."""
     from hwnas.device import resolve_device
     from hwnas.exporting import resolve_arch
-    from hwnas.latency.lookup import load_layers
+    from hwnas.latency.lookup import load_layers, recorded_layers
     from hwnas.runs import new_run_dir
     from hwnas.selection.run import SelectionConfig, load_selection_config, run_selection
 
     if resume:
         run_dir = Path(resume)
         cfg = load_selection_config(run_dir)
-        layers = [p for p in (cfg.table, cfg.table_overlay) if p]
+        layers = recorded_layers(cfg)
         if layers:
             table = load_layers(layers)
     else:
@@ -377,7 +378,7 @@ def latest_or(arch, runs, verb: str):
     return latest
 
 
-def _space_and_config(space: str, config: dict | None, arch: str | None):
+def space_and_config(space: str, config: dict | None = None, arch: str | None = None):
     """The space and resolved config to act on: ``arch``'s own (with ``config`` on top), or ``space``'s."""
     if arch:
         from hwnas.exporting import resolve_arch

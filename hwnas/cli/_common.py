@@ -111,17 +111,6 @@ def _table_callback(args, explicit, record=None):
                           progress=_profile_progress("table"))
 
 
-def _space_and_config(args):
-    from hwnas.exporting import resolve_arch
-    from hwnas.spaces import get_space
-
-    if getattr(args, "arch", None):
-        arch = resolve_arch(args.arch).arch
-        return arch.space_obj, arch.space_obj.resolve_config({**arch.config, **_config_overrides(args)})
-    space = get_space(args.space)
-    return space, space.resolve_config(_config_overrides(args))
-
-
 def _print_range(table, space, config) -> None:
     from hwnas.latency.predictor import LatencyModel
 

@@ -1,14 +1,13 @@
 """``hwnas profile``: measure every block of a space on a device into a latency table."""
 from __future__ import annotations
 
-from hwnas.cli._common import (_add_space_opts, _add_table_opts, _config_overrides, _print_range,
-                              _profile_progress, _space_and_config)
+from hwnas.cli._common import _add_space_opts, _add_table_opts, _config_overrides, _print_range, _profile_progress
 
 
 def cmd_profile(args) -> int:
     from hwnas import api
 
-    space, config = _space_and_config(args)
+    space, config = api.space_and_config(args.space, _config_overrides(args), args.arch)
     table = api.profile(args.space, device=args.device, backend=args.backend, config=_config_overrides(args),
                         arch=args.arch, out=args.out or args.tables, table=args.table, batch=args.batch,
                         dtype=args.dtype, mode=args.mode, provider=args.provider, threads=args.threads,

@@ -43,14 +43,17 @@ def _trial_progress():
     return callback
 
 
+def _table_label(cfg) -> str:
+    return f"{cfg.table}{' + overlay ' + cfg.table_overlay if cfg.table_overlay else ''}"
+
+
 def _print_selection_summary(result) -> None:
     s, cfg = result.summary, result.config
     print(f"best of {s['trials']} trials ({cfg.method}, scored by {cfg.evaluator}): trial {s['trial']}, "
           f"accuracy {s['accuracy']:.4f}: {result.space.describe(s['arch'])}")
     if s["predicted_latency_ms"] is not None:
         tgt = f"target {s['target_ms']:.3f} ms" if s["target_ms"] is not None else "no target"
-        print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; table {cfg.table}"
-              f"{' + overlay ' + cfg.table_overlay if cfg.table_overlay else ''})")
+        print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; table {_table_label(cfg)})")
     print(f"run directory: {s['run_dir']} (arch.json, trials.jsonl, best_so_far.png, log.txt); next: hwnas train, "
           f"then hwnas export --onnx")
 
@@ -77,7 +80,7 @@ def _print_summary(result) -> None:
         if s["target_ms"] is not None and not s["target_binds"]:
             tgt += " (does not bind)"
         print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; space range {lo:.3f}-{hi:.3f} ms; "
-              f"table {cfg.table}{' + overlay ' + cfg.table_overlay if cfg.table_overlay else ''})")
+              f"table {_table_label(cfg)})")
         if s.get("predicted_now_ms"):
             print(f"on this machine now (machine factor {s['machine_factor']:.3f}): {s['predicted_now_ms']:.3f} ms")
     print(f"supernet validation accuracy of the derived path: {s['supernet_val_acc']:.4f} (it ranks candidates; "

@@ -16,6 +16,7 @@ Every table keeps the relative name ``<device slug>/<runtime>/<space>-r<res>-b<b
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +81,11 @@ def is_overlay(path: str | os.PathLike) -> bool:
     csv_path, json_path = table_files(path)
     if not (csv_path.is_file() and json_path.is_file()):
         return False
-    try:
-        return bool(LatencyTable.load(csv_path).meta.get("overlay_of"))
-    except ValueError:
+    try:  # the sidecar says it; the rows are read once, by whoever loads the table
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
+    return isinstance(meta, dict) and bool(meta.get("overlay_of"))
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,11 @@ def locate(relative: str | os.PathLike, roots: TableRoots) -> Located:
     if roots.shipped is not None and table_files(roots.shipped / relative)[0].exists():
         return Located(own, roots.shipped / relative)
     return Located(own, None)
+
+
+def recorded_layers(cfg) -> list[str]:
+    """The table files a run's config recorded (``table``, then ``table_overlay``), for ``load_layers``."""
+    return [p for p in (getattr(cfg, "table", None), getattr(cfg, "table_overlay", None)) if p]
 
 
 def load_layers(paths) -> LatencyTable:

@@ -62,7 +62,7 @@ class SelectionConfig:
 def _supernet_evaluator(cfg: SelectionConfig):
     """The trained supernet of run ``cfg.supernet``: (evaluator, its Search) on that run's own inputs."""
     from hwnas.api import build_search
-    from hwnas.latency.lookup import load_layers
+    from hwnas.latency.lookup import load_layers, recorded_layers
     from hwnas.searching import load_search_config
     from hwnas.selection.evaluate import SupernetPath
 
@@ -70,7 +70,7 @@ def _supernet_evaluator(cfg: SelectionConfig):
     if not (run / "config.json").exists() or not (run / "checkpoint.pt").exists():
         raise ValueError(f"--supernet {run}: not a one-shot search run directory (needs config.json and checkpoint.pt)")
     scfg = load_search_config(run)
-    layers = [p for p in (scfg.table, scfg.table_overlay) if p]
+    layers = recorded_layers(scfg)
     table = load_layers(layers) if layers else None
     scfg.latency_target = cfg.latency_target if cfg.latency_target is not None else scfg.latency_target
     search = build_search(scfg, run, table=table)
@@ -100,9 +100,8 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
         cfg.table, cfg.table_overlay = search.cfg.table, search.cfg.table_overlay
         cfg.train_resolution = search.data.resolution
     else:
-        scfg = SearchConfig(method="proxyless", space=cfg.space, data=cfg.data, data_root=cfg.data_root, seed=cfg.seed,
-                            latency_target=cfg.latency_target, config=cfg.config, train_resolution=cfg.train_resolution,
-                            epochs=2, warmup_epochs=1)
+        scfg = SearchConfig(space=cfg.space, data=cfg.data, data_root=cfg.data_root, seed=cfg.seed,  # the inputs only
+                            latency_target=cfg.latency_target, config=cfg.config, train_resolution=cfg.train_resolution)
         inputs = prepare_search(scfg, table)
         space, deploy, latency, target = inputs.space, inputs.deploy_config, inputs.latency, inputs.target
         cfg.train_resolution = inputs.data.resolution
