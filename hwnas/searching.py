@@ -304,6 +304,8 @@ class Search:
                    "target_binds": self.binds, "range_ms": self.range_ms,
                    "supernet_val_acc": val_acc, "epochs": self.epoch, "search_seconds": seconds,
                    "run_dir": str(self.run_dir)}
+        if self.space.has_notation:
+            summary["arch_string"] = self.space.arch_string(tokens)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 

@@ -36,6 +36,9 @@ def synthetic_table(space, config, seed: int = 0) -> DictTable:
             scale = int(k) * int(e) / 9
         elif tok in OPS:  # cell-space ops: dearer further down the list (pools < convs), by channels
             scale = (1 + OPS.index(tok)) / 4 * int(b.signature.split(":")[1][1:]) / 36
+        elif tok == "nb201":  # nb201 ops: pool < 1x1 < 3x3, by channels
+            op, c = b.signature.split(":")[1:3]
+            scale = {"avg_pool_3x3": 0.5, "nor_conv_1x1": 1.5, "nor_conv_3x3": 4.0}[op] * int(c[1:]) / 16
         rows[b.signature] = round(0.05 + 0.1 * scale * (1 + rng.random() * 0.2), 6)
     return DictTable(rows)
 

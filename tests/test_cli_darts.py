@@ -69,7 +69,7 @@ def test_bad_inputs(here, capsys):
         main(["search", "--method", "darts", "--order", "3"])
     assert e.value.code == 2 and "--order: invalid choice: 3" in capsys.readouterr().err
     code, _, err = run(capsys, "search", "--method", "pcdarts", "--space", "spnas")
-    assert_one_line_error(code, err, "'pcdarts' does not apply to space 'spnas'", "darts, proxyless, fbnet")
+    assert_one_line_error(code, err, "'pcdarts' does not apply to space 'spnas'", "darts, nb201, proxyless, fbnet")
     code, _, err = run(capsys, "search", "--method", "proxyless", "--space", "darts")
     assert_one_line_error(code, err, "'proxyless' does not apply to space 'darts'", "methods for 'darts': darts, gdas")
     bad = here / "g.json"

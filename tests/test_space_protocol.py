@@ -13,7 +13,7 @@ from hwnas.spaces.base import Space
 from helpers import synthetic_table
 
 SMALL = {"proxyless": {"width_mult": 0.25}, "fbnet": {"width_mult": 0.25}, "spnas": {"width_mult": 0.25},
-         "darts": {"C": 8, "layers": 5, "search_C": 4, "search_layers": 5}}
+         "darts": {"C": 8, "layers": 5, "search_C": 4, "search_layers": 5}, "nb201": {"C": 4, "N": 1}}
 
 
 @pytest.fixture(params=sorted(SPACES))

@@ -139,6 +139,8 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     summary = {"arch": best["arch"], "trial": best["trial"], "accuracy": best["result"]["accuracy"],
                "predicted_latency_ms": best["predicted_ms"], "target_ms": target.target_ms, "trials": len(trials),
                "seconds": round(time.perf_counter() - started, 1), "run_dir": str(run_dir)}
+    if space.has_notation:
+        summary["arch_string"] = space.arch_string(best["arch"])
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_best_so_far(trials, run_dir / "best_so_far.png")
     return summary

@@ -52,7 +52,11 @@ class Arch:
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"space": self.space, "config": self.config, "layers": list(self.layers), **self.meta}
+        d = {"space": self.space, "config": self.config, "layers": list(self.layers), **self.meta}
+        space = self.space_obj
+        if space.has_notation:  # a readable copy; loading reads 'layers' (or the string when they are absent)
+            d["arch_string"] = space.arch_string(self.layers)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "arch") -> "Arch":
@@ -64,6 +68,12 @@ class Arch:
             except ArchError as e:
                 raise ArchError(str(e)) from None
             d.pop("genotype")
+        if "layers" not in d and "arch_string" in d and d.get("space") in SPACES:
+            try:
+                d = {**d, "layers": SPACES[d["space"]].parse_arch_string(d["arch_string"], source)}
+            except ArchError as e:
+                raise ArchError(str(e)) from None
+        d = {k: v for k, v in d.items() if k != "arch_string"}
         missing = [k for k in ("space", "layers") if k not in d]
         if missing:
             raise ArchError(f"{source}: missing key(s) {missing}; an arch needs 'space' and 'layers' (and 'config')")

@@ -80,6 +80,31 @@ class Space(ABC):
         """An architecture in one line, its space named (``str(Arch)``)."""
         return self.describe(layers)
 
+    #: whether the space has a notation of its own (``arch_string``) that arch.json and summaries show
+    has_notation: bool = False
+
+    def arch_string(self, layers: list[str]) -> str:
+        """An architecture as one string (a tabular benchmark's ``arch`` column): by default its tokens
+        separated by spaces; a space with a notation of its own (NAS-Bench-201's) overrides it."""
+        return " ".join(layers)
+
+    def parse_arch_string(self, text: str, source: str = "arch") -> list[str]:
+        """The tokens of ``arch_string``'s form (``ArchError`` naming the problem); accepts ``describe``'s
+        ``name[tok tok ...]`` too."""
+        from hwnas.spaces.chain import ArchError
+
+        if not isinstance(text, str):
+            raise ArchError(f"{source}: an architecture string must be text, got {type(text).__name__}")
+        body = text.strip()
+        if body.startswith(f"{self.name}[") and body.endswith("]"):
+            body = body[len(self.name) + 1:-1]
+        layers = body.split()
+        try:
+            self.check_layers(self.resolve_config(None), layers)
+        except ArchError as e:
+            raise ArchError(f"{source}: {e}") from None
+        return layers
+
     def layers_from_genotype(self, genotype, source: str = "genotype") -> list[str]:
         from hwnas.spaces.chain import ArchError
 

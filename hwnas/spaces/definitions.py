@@ -13,11 +13,13 @@
   4/4/4/4/4/1 layers, head 1280, ReLU); candidates k{3,5} x e{3,6}, and ``skip`` where a residual
   exists (not on a stage's first layer).
 - ``darts``: the DARTS cell space (Liu et al., ICLR 2019), see hwnas.spaces.cell.
+- ``nb201``: the NAS-Bench-201 cell space (Dong & Yang, ICLR 2020), see hwnas.spaces.nb201.
 """
 from __future__ import annotations
 
 from hwnas.spaces.cell import SPACE as DARTS
 from hwnas.spaces.chain import ChainSpace
+from hwnas.spaces.nb201 import SPACE as NB201
 
 
 def _stages(widths, depths, strides):
@@ -56,6 +58,6 @@ SPNAS = ChainSpace(
     paper="Stamoulis et al. Single-Path NAS: Designing Hardware-Efficient ConvNets in less than 4 Hours. ECML-PKDD 2019.",
 )
 
-#: every space by name; ``darts`` is the cell space (hwnas.spaces.cell), the others chain spaces.
-SPACES: dict = {s.name: s for s in (PROXYLESS, FBNET, SPNAS, DARTS)}
+#: every space by name; ``darts`` and ``nb201`` are cell spaces, the others chain spaces.
+SPACES: dict = {s.name: s for s in (PROXYLESS, FBNET, SPNAS, DARTS, NB201)}
 CHAIN_SPACES = ("proxyless", "fbnet", "spnas")
