@@ -82,6 +82,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
            provider: str | None = None, threads: int | None = None, profile_missing: bool = True,
            no_latency: bool = False, runs: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
            evaluator: str = "train", trials: int = 20, trial_epochs: int = 1, supernet: str | None = None,
+           benchmark: str | os.PathLike | None = None, metric: str = "accuracy", latency_column: str | None = None,
            progress=NullProgress, profile_progress=None, trial_progress=None) -> SearchResult:
     """Search ``space`` (default: the method's) with ``method`` on ``data`` and derive an architecture that
     meets ``latency_target`` (``"20ms"``, ``"800us"``, ``"40%"`` of the space's range; None: the latency
@@ -92,7 +93,9 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
 
     A multi-trial ``method`` (``random``, ``evolution``, ``bo``, ``rl``: ``hwnas.selection``) evaluates ``trials`` distinct
     architectures with ``evaluator`` (``train``: each trained from scratch for ``trial_epochs``; ``supernet``:
-    each a path of the trained supernet of the one-shot run ``supernet``) and returns the most accurate one
+    each a path of the trained supernet of the one-shot run ``supernet``; ``tabular``: looked up in the CSV
+    ``benchmark``, column ``metric``, latency from its column ``latency_column`` if given, else the table)
+    and returns the most accurate one
     predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``."""
     from hwnas.device import resolve_device
     from hwnas.latency.lookup import recorded_layers
@@ -105,7 +108,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
         return _select(method, space=space, latency_target=latency_target, data=data, data_root=data_root,
                        config=config, options=options, seed=seed, device=device, train_resolution=train_resolution,
                        trials=trials, trial_epochs=trial_epochs, evaluator=evaluator, supernet=supernet,
-                       runs=runs, resume=resume, table=table_callback(
+                       benchmark=benchmark, metric=metric, latency_column=latency_column, runs=runs, resume=resume, table=table_callback(
                            latency_table, no_latency=no_latency, latency_device=latency_device, tables=tables,
                            backend=backend, batch=batch, dtype=dtype, mode=mode, provider=provider, threads=threads,
                            profile_missing=profile_missing, progress=profile_progress), progress=trial_progress)
@@ -156,7 +159,8 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
 
 
 def _select(method, *, space, latency_target, data, data_root, config, options, seed, device, train_resolution,
-            trials, trial_epochs, evaluator, supernet, runs, resume, table, progress) -> SearchResult:
+            trials, trial_epochs, evaluator, supernet, benchmark, metric, latency_column, runs, resume, table,
+            progress) -> SearchResult:
     """A multi-trial search (``hwnas.selection.run``) as ``search`` runs it."""
     from hwnas.device import resolve_device
     from hwnas.exporting import resolve_arch
@@ -171,10 +175,13 @@ def _select(method, *, space, latency_target, data, data_root, config, options, 
         if layers:
             table = load_layers(layers)
     else:
-        cfg = SelectionConfig(method=method, evaluator=evaluator, trials=trials, space=space or "proxyless", data=data,
+        space = space or ("nb201" if evaluator == "tabular" else "proxyless")
+        cfg = SelectionConfig(method=method, evaluator=evaluator, trials=trials, space=space, data=data,
                               data_root=data_root, seed=seed, latency_target=latency_target, config=dict(config or {}),
                               options=dict(options or {}), trial_epochs=trial_epochs,
-                              device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution)
+                              device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution,
+                              benchmark=None if benchmark is None else str(benchmark), metric=metric,
+                              latency_column=latency_column)
         cfg.validate()
         run_dir = new_run_dir(runs, cfg.method, cfg.space if evaluator != "supernet" else "supernet")
     handler = _log_file(run_dir / "log.txt")

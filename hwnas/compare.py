@@ -146,7 +146,7 @@ def random_archs_in_window(search: Search, n: int, seed: int) -> list[list[str]]
     (``hwnas.selection.RandomSelector``: random per-decision scores, then the best-scoring architecture in
     the window, the derivation every method uses); fewer if 50 n proposals hold fewer distinct ones."""
     selector = RandomSelector(search.space, search.deploy_config, seed, latency=search.latency,
-                              window=(search.target.lower_ms, search.target_ms))
+                              window=(search.target.lower_ms, search.target_ms), mode="window")
     out, seen = [], set()
     for _ in range(50 * n):
         if len(out) == n:

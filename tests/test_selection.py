@@ -47,7 +47,7 @@ class Counting:
 def test_random_search_in_the_window_is_legal_seeded_and_the_reference_draw(name):
     space, cfg, model = _model(name)
     lo, hi = _window(model)
-    sel = RandomSelector(space, cfg, seed=3, latency=model, window=(lo, hi))
+    sel = RandomSelector(space, cfg, seed=3, latency=model, window=(lo, hi), mode="window")
     got = [sel.ask() for _ in range(6)]
     for layers in got:
         Arch(name, cfg, layers)
@@ -55,9 +55,9 @@ def test_random_search_in_the_window_is_legal_seeded_and_the_reference_draw(name
     rng = np.random.default_rng(3)  # the reference: Gumbel scores, then the best-scoring arch in the window
     want = [model.derive_within([rng.gumbel(size=len(c)) for c in model.choices], lo, hi) for _ in range(6)]
     assert got == want
-    again = RandomSelector(space, cfg, seed=3, latency=model, window=(lo, hi))
+    again = RandomSelector(space, cfg, seed=3, latency=model, window=(lo, hi), mode="window")
     assert [again.ask() for _ in range(6)] == got
-    other = RandomSelector(space, cfg, seed=4, latency=model, window=(lo, hi))
+    other = RandomSelector(space, cfg, seed=4, latency=model, window=(lo, hi), mode="window")
     assert [other.ask() for _ in range(6)] != got
     assert get_selector("random") is RandomSelector
 

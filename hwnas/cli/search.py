@@ -21,7 +21,8 @@ def cmd_search(args) -> int:
         provider=args.provider, threads=args.threads, profile_missing=not args.no_profile,
         no_latency=args.no_latency, runs=args.runs, resume=args.resume, progress=Progress,
         profile_progress=_profile_progress(args.space or args.method), evaluator=args.evaluator, trials=args.trials,
-        trial_epochs=args.trial_epochs, supernet=args.supernet, trial_progress=_trial_progress())
+        trial_epochs=args.trial_epochs, supernet=args.supernet, benchmark=args.benchmark, metric=args.metric,
+        latency_column=args.latency_column, trial_progress=_trial_progress())
     if "trials" in result.summary:
         _print_selection_summary(result)
     else:
@@ -50,10 +51,11 @@ def _table_label(cfg) -> str:
 def _print_selection_summary(result) -> None:
     s, cfg = result.summary, result.config
     print(f"best of {s['trials']} trials ({cfg.method}, scored by {cfg.evaluator}): trial {s['trial']}, "
-          f"accuracy {s['accuracy']:.4f}: {result.space.describe(s['arch'])}")
+          f"{cfg.metric if cfg.evaluator == 'tabular' else 'accuracy'} {s['accuracy']:.4f}: {result.space.describe(s['arch'])}")
     if s["predicted_latency_ms"] is not None:
         tgt = f"target {s['target_ms']:.3f} ms" if s["target_ms"] is not None else "no target"
-        print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; table {_table_label(cfg)})")
+        source = (f"column {cfg.latency_column} of {cfg.benchmark}" if cfg.latency_column else f"table {_table_label(cfg)}")
+        print(f"predicted latency: {s['predicted_latency_ms']:.3f} ms ({tgt}; {source})")
     print(f"run directory: {s['run_dir']} (arch.json, trials.jsonl, best_so_far.png, log.txt); next: hwnas train, "
           f"then hwnas export --onnx")
 
@@ -97,9 +99,16 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="proxyless", choices=sorted(STRATEGIES) + sorted(SELECTORS),
                    help="a one-shot method, or a multi-trial one (random, evolution, bo, rl) that evaluates --trials "
                         "architectures with --evaluator")
-    p.add_argument("--evaluator", default="train", choices=["train", "supernet"],
-                   help="multi-trial: train each candidate from scratch (--trial-epochs), or score it as a path of "
-                        "the trained supernet of --supernet RUN (BatchNorm recalibrated)")
+    p.add_argument("--evaluator", default="train", choices=["train", "supernet", "tabular"],
+                   help="multi-trial: train each candidate from scratch (--trial-epochs), score it as a path of "
+                        "the trained supernet of --supernet RUN (BatchNorm recalibrated), or look it up in "
+                        "--benchmark FILE.csv")
+    p.add_argument("--benchmark", default=None, metavar="FILE.csv",
+                   help="--evaluator tabular: a CSV with a column 'arch' (the space's architecture strings, "
+                        "NAS-Bench-201's notation on nb201), the --metric column and optionally --latency-column")
+    p.add_argument("--metric", default="accuracy", help="--evaluator tabular: the column to maximize (default %(default)s)")
+    p.add_argument("--latency-column", default=None, metavar="COL",
+                   help="--evaluator tabular: each architecture's latency in ms, used in place of a latency table")
     p.add_argument("--trials", type=int, default=20, help="multi-trial: architectures to evaluate (default %(default)s)")
     p.add_argument("--trial-epochs", type=int, default=1,
                    help="multi-trial, --evaluator train: epochs per candidate (default %(default)s)")

@@ -14,7 +14,7 @@ The latency target is a hard constraint: a proposal predicted above T is never e
 the study at once as infeasible (constraint ``LAT - T > 0``, a placeholder value that the constrained
 ranking puts below every feasible trial), so TPE learns where the infeasible region lies at no cost, and
 the next proposal is drawn; after ``tries`` infeasible draws in a row the proposal is random search's
-(in [0.9T, T]). A proposal equal to an architecture already told is told its known result and redrawn,
+(uniform within T). A proposal equal to an architecture already told is told its known result and redrawn,
 so the loop never has to discard one (which would leave a trial running in the study).
 """
 from __future__ import annotations

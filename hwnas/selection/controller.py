@@ -15,7 +15,9 @@ with ``w = alpha`` if ``LAT <= T`` else ``beta``; ``reward="soft"`` (default) is
 ``alpha = beta = -0.07``, ``reward="hard"`` its ``alpha = 0, beta = -1``. Unlike evolution and bo, the
 controller's proposals above T are evaluated: the soft reward needs them to learn the trade-off (as in
 MnasNet); they are recorded but never returned as the run's architecture. An architecture sampled again
-is not evaluated again: its recorded reward updates the policy and another is drawn.
+is not evaluated again: its recorded reward updates the policy and another is drawn; after ``tries`` such
+redraws in a row (a policy that has converged on what it already tried) the proposal is random search's, so a
+run of N trials always gets N distinct architectures.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from hwnas.selection.random_search import RandomSelector
 from hwnas.selection.selector import Selector, register
 
 MNAS_EXPONENTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}  # (alpha, beta): MnasNet, Sec. 3
@@ -81,7 +84,7 @@ class ControllerSelector(Selector):
 
     def __init__(self, space, config: dict, seed: int = 0, latency=None, window: tuple[float, float] | None = None,
                  *, hidden: int = 35, layers: int = 2, lr: float = 6e-4, baseline_decay: float = 0.95,
-                 entropy_weight: float = 1e-4, reward: str = "soft", tries: int = 50, metric: str = "accuracy"):
+                 entropy_weight: float = 1e-4, reward: str = "soft", tries: int = 10, metric: str = "accuracy"):
         if reward not in MNAS_EXPONENTS:
             raise ValueError(f"rl reward must be one of {', '.join(MNAS_EXPONENTS)}, got {reward!r}")
         if not 0 <= baseline_decay < 1 or hidden < 1 or layers < 1 or lr <= 0 or tries < 1:
@@ -99,6 +102,7 @@ class ControllerSelector(Selector):
         self.baseline: float | None = None
         self.rewards: list[float] = []  # every reward the policy was updated with, in order
         self.told: dict[tuple[str, ...], float] = {}
+        self.random = RandomSelector(space, config, seed=self.seed + 1, latency=latency, window=window)
 
     def reward(self, layers: list[str], result: dict) -> float:
         acc = float(result[self.metric])
@@ -130,6 +134,10 @@ class ControllerSelector(Selector):
             if known is None:
                 return layers
             self.update(layers, known)  # sampled again: learn from the recorded reward, draw another
+        for _ in range(100 * self.tries):
+            layers = self.random.ask()
+            if tuple(layers) not in self.told:
+                return layers
         return layers
 
     def tell(self, layers: list[str], result: dict) -> None:

@@ -10,10 +10,10 @@ the aging that regularizes the search (Sec. 3). The paper ran P=100, S=25 over 2
 defaults scale to the budget: ``population = clip(n_trials / 5, 4, 100)`` and ``sample = max(2, P / 4)``
 (the paper's S/P), so that at 100 trials four fifths of them evolve.
 
-With a latency target the initial population is random search's (``RandomSelector``: the most probable
-architecture in [0.9T, T] under random scores), and a mutant predicted above T is never evaluated: the
+With a latency target the initial population is random search's (``RandomSelector``: uniform over the
+architectures predicted within T), and a mutant predicted above T is never evaluated: the
 mutation is *resampled* (up to ``tries`` draws from the same parent), and if none of them meets T the
-proposal is a fresh random architecture in the window. Resampling, not repair: a repair (moving decisions
+proposal is a fresh random architecture within T. Resampling, not repair: a repair (moving decisions
 to faster tokens until the mutant fits) would change several decisions at once and always toward the
 fastest tokens, where one resampled mutation keeps the child a single step from its parent, which is
 what the tournament's selection pressure acts through. Mutants faster than 0.9T are allowed: the

@@ -23,7 +23,7 @@ from hwnas.fsio import atomic_write_text
 
 log = logging.getLogger("hwnas.selection")
 
-EVALUATORS = ("train", "supernet")
+EVALUATORS = ("train", "supernet", "tabular")
 
 
 @dataclass
@@ -46,6 +46,9 @@ class SelectionConfig:
     table: str | None = None
     table_overlay: str | None = None
     train_resolution: int | None = None
+    benchmark: str | None = None  # evaluator tabular: the CSV, its metric column, its latency column (or the LUT)
+    metric: str = "accuracy"
+    latency_column: str | None = None
 
     def validate(self) -> None:
         from hwnas.selection.selector import get_selector
@@ -57,6 +60,10 @@ class SelectionConfig:
             raise ValueError(f"need --trials >= 1 and --trial-epochs >= 1 (got {self.trials}, {self.trial_epochs})")
         if self.evaluator == "supernet" and not self.supernet:
             raise ValueError("--evaluator supernet needs --supernet RUN_DIR (a finished one-shot search)")
+        if self.evaluator == "tabular" and not self.benchmark:
+            raise ValueError("--evaluator tabular needs --benchmark FILE.csv (columns arch, --metric, [--latency-column])")
+        if self.evaluator != "tabular" and (self.benchmark or self.latency_column):
+            raise ValueError("--benchmark and --latency-column belong to --evaluator tabular")
 
 
 def _supernet_evaluator(cfg: SelectionConfig):
@@ -79,26 +86,34 @@ def _supernet_evaluator(cfg: SelectionConfig):
     return ev, search
 
 
-def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None) -> dict:
-    """Run (or resume) the multi-trial search ``cfg`` into ``run_dir``; returns its summary. ``table`` is a
-    LatencyTable or the search's table callback ``(space, deploy_config)`` (ignored with ``supernet``, which
-    uses its run's)."""
+def _tabular_inputs(cfg: SelectionConfig):
+    """A benchmark with its own latency column: no LUT, no data; the target is read against the column."""
+    from hwnas.objective import resolve_target
+    from hwnas.selection.tabular import Tabular, TabularBenchmark, TabularLatency
+    from hwnas.spaces import get_space
+
+    space = get_space(cfg.space)
+    deploy = space.resolve_config(cfg.config)
+    bench = TabularBenchmark(cfg.benchmark, space, deploy, cfg.metric, cfg.latency_column)
+    latency = TabularLatency(bench)
+    target = resolve_target(cfg.latency_target, latency, where=f" in the benchmark {cfg.benchmark}")
+    return space, deploy, latency, target, Tabular(bench)
+
+
+def selection_inputs(cfg: SelectionConfig, run_dir: Path, table=None):
+    """(space, deploy config, latency model, target, evaluator) of ``cfg``; records the table used in ``cfg``."""
     from hwnas.api import prepare_search
     from hwnas.searching import SearchConfig
     from hwnas.selection.evaluate import TrainFromScratch
-    from hwnas.selection.loop import run_trials
-    from hwnas.selection.selector import get_selector
-    from hwnas.spaces import Arch
 
-    cfg.validate()
-    run_dir = Path(run_dir)
-    started = time.perf_counter()
     if cfg.evaluator == "supernet":
         evaluator, search = _supernet_evaluator(cfg)
         space, deploy, latency, target = search.space, search.deploy_config, search.latency, search.target
         cfg.space, cfg.data, cfg.data_root = search.cfg.space, search.cfg.data, search.cfg.data_root
         cfg.table, cfg.table_overlay = search.cfg.table, search.cfg.table_overlay
         cfg.train_resolution = search.data.resolution
+    elif cfg.evaluator == "tabular" and cfg.latency_column:
+        space, deploy, latency, target, evaluator = _tabular_inputs(cfg)
     else:
         scfg = SearchConfig(space=cfg.space, data=cfg.data, data_root=cfg.data_root, seed=cfg.seed,  # the inputs only
                             latency_target=cfg.latency_target, config=cfg.config, train_resolution=cfg.train_resolution)
@@ -108,8 +123,28 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
         t = getattr(latency, "table", None)
         if t is not None:
             cfg.table, cfg.table_overlay = str(t.path), (str(t.overlay) if t.overlay else None)
-        evaluator = TrainFromScratch(space.name, deploy, run_dir / "trials", data=cfg.data, data_root=cfg.data_root,
-                                     epochs=cfg.trial_epochs, device=cfg.device, batch_size=cfg.batch_size)
+        if cfg.evaluator == "tabular":
+            from hwnas.selection.tabular import Tabular, TabularBenchmark
+
+            evaluator = Tabular(TabularBenchmark(cfg.benchmark, space, deploy, cfg.metric))
+        else:
+            evaluator = TrainFromScratch(space.name, deploy, run_dir / "trials", data=cfg.data, data_root=cfg.data_root,
+                                         epochs=cfg.trial_epochs, device=cfg.device, batch_size=cfg.batch_size)
+    return space, deploy, latency, target, evaluator
+
+
+def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None) -> dict:
+    """Run (or resume) the multi-trial search ``cfg`` into ``run_dir``; returns its summary. ``table`` is a
+    LatencyTable or the search's table callback ``(space, deploy_config)`` (ignored with ``supernet``, which
+    uses its run's)."""
+    from hwnas.selection.loop import run_trials
+    from hwnas.selection.selector import get_selector
+    from hwnas.spaces import Arch
+
+    cfg.validate()
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    space, deploy, latency, target, evaluator = selection_inputs(cfg, run_dir, table)
     window = (target.lower_ms, target.target_ms) if target.target_ms is not None and target.binds else None
     cls = get_selector(cfg.method)
     cfg.options = {**cls.budget_defaults(cfg.trials), **cfg.options}
