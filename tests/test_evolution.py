@@ -87,7 +87,7 @@ def test_settings_and_refusals():
     assert scaled_population(100) == 20 and scaled_population(5) == 4 and scaled_population(10**5) == 100
     ev = RegularizedEvolution(space, cfg, seed=2, latency=model, window=window, population=20)
     assert ev.settings() == {"selector": "evolution", "seed": 2, "population": 20, "sample": 5, "tries": 20,
-                             "metric": "accuracy", "window": list(window)}
+                             "metric": "accuracy", "pareto": False, "window": list(window)}
     with pytest.raises(ValueError, match="population >= 2"):
         RegularizedEvolution(space, cfg, population=1)
 

@@ -178,7 +178,41 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
         summary["arch_string"] = space.arch_string(best["arch"])
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_best_so_far(trials, run_dir / "best_so_far.png")
+    if cfg.options.get("pareto"):
+        summary["pareto"] = write_pareto(legal, run_dir, space)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def write_pareto(trials: list[dict], run_dir: Path, space) -> int:
+    """The accuracy / latency Pareto front of ``trials`` as ``pareto.json`` (fastest first) and
+    ``pareto.png``; returns its size."""
+    import numpy as np
+
+    from hwnas.selection.evolution import non_dominated_ranks
+
+    obj = np.array([[-t["result"]["accuracy"], t["predicted_ms"]] for t in trials])
+    front = sorted((t for t, r in zip(trials, non_dominated_ranks(obj)) if r == 0), key=lambda t: t["predicted_ms"])
+    atomic_write_text(run_dir / "pareto.json", json.dumps(
+        [{"trial": t["trial"], "arch": t["arch"], "arch_string": space.arch_string(t["arch"]),
+          "accuracy": t["result"]["accuracy"], "predicted_latency_ms": t["predicted_ms"]} for t in front],
+        indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(obj[:, 1], -obj[:, 0], s=8, c="0.7", label="trials")
+    ax.plot([t["predicted_ms"] for t in front], [t["result"]["accuracy"] for t in front], "o-", c="C3",
+            label="Pareto front")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "pareto.png", dpi=100)
+    plt.close(fig)
+    return len(front)
 
 
 def plot_best_so_far(trials: list[dict], path: Path) -> None:
