@@ -4,6 +4,7 @@ end to end with a resume, and `hwnas compare --evaluator tabular`."""
 import csv
 import itertools
 import json
+import os
 import random
 
 import numpy as np
@@ -127,6 +128,7 @@ def test_tabular_search_end_to_end_meets_the_target_and_resumes(here, capsys, me
     assert SPACE.parse_arch_string(summary["arch_string"]) == summary["arch"]
     trials = read_trials(run_dir / "trials.jsonl")
     assert len(trials) == 30 and len({tuple(t["arch"]) for t in trials}) == 30
+    assert all(t["worker"].endswith(f":{os.getpid()}") and t["seconds"] >= 0 for t in trials)
     # a kill after 12 trials: the resume replays them and evaluates only the missing 18, the same ones
     lines = (run_dir / "trials.jsonl").read_text().splitlines(keepends=True)
     (run_dir / "trials.jsonl").write_text("".join(lines[:12]) + lines[12][:20])  # torn 13th line

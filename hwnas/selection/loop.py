@@ -1,6 +1,6 @@
 """The sequential trial loop: ask the selector, evaluate, tell, record. Every finished trial is one JSON
 line of ``trials.jsonl`` in the run directory (``trial``, ``arch``, ``seed``, ``result``,
-``predicted_ms``, ``seconds``, ``finished``), flushed and fsynced before the next starts, so a kill loses
+``predicted_ms``, ``seconds``, ``finished``, ``worker``: host and process id), flushed and fsynced before the next starts, so a kill loses
 at most the trial in progress; ``selection.json`` records the selector's and the evaluator's settings.
 An architecture is never evaluated twice. Run again on the same directory, the loop resumes: it rebuilds
 the selector's state by replaying the recorded trials (a proposal that differs from the record means
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 from hwnas.fsio import atomic_write_text
 
 log = logging.getLogger("hwnas.selection")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial
 
 
 def read_trials(path: Path) -> list[dict]:
@@ -131,7 +133,7 @@ def run_trials(selector, evaluator, run_dir, n_trials: int, *, seed: int = 0, la
             row = {"trial": i, "arch": layers, "seed": seed + i, "result": result,
                    "predicted_ms": None if latency is None else float(latency.of_tokens(layers)),
                    "seconds": round(time.perf_counter() - started, 3),
-                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "worker": WORKER}
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())

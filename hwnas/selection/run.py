@@ -157,7 +157,7 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     if not path.exists():
         atomic_write_text(path, json.dumps({**asdict(cfg), "kind": "selection", "deploy_config": deploy,
                                             "target_ms": target.target_ms, "window": window}, indent=2) + "\n")
-    log.info("%s", target.describe(space.name))
+    log.info("%s", target.describe(space.name).split("; derived architecture kept in")[0])  # no window here: <= T
     log.info("%s search, %d trials scored by %s%s", cfg.method, cfg.trials, cfg.evaluator,
              f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
     trials = run_trials(selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency, progress=progress)
