@@ -9,7 +9,8 @@ from hwnas.spaces import SPACES, get_space
 from hwnas.strategies import STRATEGIES, get_strategy
 from tests.helpers import synthetic_table
 
-SMALL = {"chain": {"width_mult": 0.25, "num_classes": 4}, "cell": {"search_C": 4, "search_layers": 3, "num_classes": 4}}
+SMALL = {"chain": {"width_mult": 0.25, "num_classes": 4}, "cell": {"search_C": 4, "search_layers": 3, "num_classes": 4},
+         "nb201": {"C": 4, "N": 1, "num_classes": 4}}
 PAIRS = [(m, s) for m in sorted(STRATEGIES) for s in sorted(SPACES)]
 
 
@@ -29,7 +30,7 @@ def test_the_family_is_registered_where_the_issue_asks():
 @pytest.mark.parametrize("method, space", PAIRS)
 def test_one_search_step_or_a_clear_refusal(method, space):
     sp = get_space(space)
-    cfg = sp.resolve_config(SMALL["cell" if "cells" in sp.capabilities else "chain"])
+    cfg = sp.resolve_config(SMALL.get(space) or SMALL["cell" if "cells" in sp.capabilities else "chain"])
     cls = get_strategy(method)
     if not allowed(method, space):
         with pytest.raises(ValueError) as e:

@@ -63,10 +63,10 @@ def test_random_search_over_a_trained_supernet_scores_paths(quick_tables, tmp_pa
     result = hwnas.search("random", evaluator="supernet", supernet=str(one_shot.run_dir), trials=5)
     trials = read_trials(result.run_dir / "trials.jsonl")
     assert len(trials) == 5 and all(0.0 <= t["result"]["accuracy"] <= 1.0 for t in trials)
-    # the supernet run's target and table: every trial in its window, the best one returned
-    lower, upper = json.loads((result.run_dir / "config.json").read_text())["window"]
+    # the supernet run's target and table: every trial within T (random search is uniform under it), the best returned
+    _, upper = json.loads((result.run_dir / "config.json").read_text())["window"]
     assert upper == pytest.approx(one_shot.summary["target_ms"])
-    assert all(lower - 1e-9 <= t["predicted_ms"] <= upper + 1e-9 for t in trials)
+    assert all(t["predicted_ms"] <= upper + 1e-9 for t in trials)
     assert result.summary["accuracy"] == max(t["result"]["accuracy"] for t in trials)
     assert result.config.table == one_shot.config.table and result.arch.layers == result.summary["arch"]
 
