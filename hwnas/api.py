@@ -93,9 +93,8 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
 
     A multi-trial ``method`` (``random``, ``evolution``, ``bo``, ``rl``: ``hwnas.selection``) evaluates ``trials`` distinct
     architectures with ``evaluator`` (``train``: each trained from scratch for ``trial_epochs``; ``supernet``:
-    each a path of the trained supernet of the one-shot run ``supernet``; ``tabular``: looked up in the CSV
-    ``benchmark``, column ``metric``, latency from its column ``latency_column`` if given, else the table)
-    and returns the most accurate one
+    each a path of the trained supernet of the one-shot run ``supernet``; ``tabular``: column ``metric`` of
+    the CSV ``benchmark``, latency from its ``latency_column`` if given) and returns the most accurate one
     predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``."""
     from hwnas.device import resolve_device
     from hwnas.latency.lookup import recorded_layers
@@ -105,7 +104,9 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     from hwnas.strategies import get_strategy
 
     if (resume and is_selection_run(resume)) or (not resume and method in SELECTORS):
-        return _select(method, space=space, latency_target=latency_target, data=data, data_root=data_root,
+        from hwnas.selection.run import select
+
+        return select(method, space=space, latency_target=latency_target, data=data, data_root=data_root,
                        config=config, options=options, seed=seed, device=device, train_resolution=train_resolution,
                        trials=trials, trial_epochs=trial_epochs, evaluator=evaluator, supernet=supernet,
                        benchmark=benchmark, metric=metric, latency_column=latency_column, runs=runs, resume=resume, table=table_callback(
@@ -156,42 +157,6 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     from hwnas.exporting import resolve_arch
 
     return SearchResult(run_dir, resolve_arch(str(run_dir)).arch, summary, cfg, run.space)
-
-
-def _select(method, *, space, latency_target, data, data_root, config, options, seed, device, train_resolution,
-            trials, trial_epochs, evaluator, supernet, benchmark, metric, latency_column, runs, resume, table,
-            progress) -> SearchResult:
-    """A multi-trial search (``hwnas.selection.run``) as ``search`` runs it."""
-    from hwnas.device import resolve_device
-    from hwnas.exporting import resolve_arch
-    from hwnas.latency.lookup import load_layers, recorded_layers
-    from hwnas.runs import new_run_dir
-    from hwnas.selection.run import SelectionConfig, load_selection_config, run_selection
-
-    if resume:
-        run_dir = Path(resume)
-        cfg = load_selection_config(run_dir)
-        layers = recorded_layers(cfg)
-        if layers:
-            table = load_layers(layers)
-    else:
-        space = space or ("nb201" if evaluator == "tabular" else "proxyless")
-        cfg = SelectionConfig(method=method, evaluator=evaluator, trials=trials, space=space, data=data,
-                              data_root=data_root, seed=seed, latency_target=latency_target, config=dict(config or {}),
-                              options=dict(options or {}), trial_epochs=trial_epochs,
-                              device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution,
-                              benchmark=None if benchmark is None else str(benchmark), metric=metric,
-                              latency_column=latency_column)
-        cfg.validate()
-        run_dir = new_run_dir(runs, cfg.method, cfg.space if evaluator != "supernet" else "supernet")
-    handler = _log_file(run_dir / "log.txt")
-    try:
-        summary = run_selection(cfg, run_dir, table=table, progress=progress)
-    finally:
-        logging.getLogger("hwnas").removeHandler(handler)
-        handler.close()
-    arch = resolve_arch(str(run_dir)).arch
-    return SearchResult(run_dir, arch, summary, cfg, arch.space_obj)
 
 
 def table_callback(latency_table=None, *, record=None, no_latency: bool = False, latency_device: str = "cpu",

@@ -248,8 +248,9 @@ class Target:
         """The target a strategy is steered to: ``target_ms`` when it binds, else None."""
         return self.target_ms if self.binds else None
 
-    def describe(self, space: str) -> str:
-        """One line for the log: the target, the space's range, the window."""
+    def describe(self, space: str, window: bool = True) -> str:
+        """One line for the log: the target, the space's range, and (``window``) the one-shot derivation's
+        window; a multi-trial search holds trials to T alone."""
         if self.range_ms is None:
             return "no latency table: searching for accuracy alone"
         lo, hi = self.range_ms
@@ -261,8 +262,8 @@ class Target:
                     f"({rng}); searching for accuracy alone")
         now = (f" on the table's scale, {self.target_ms * self.machine_factor:.2f} ms on this machine now"
                if self.machine_factor is not None else "")
-        return (f"latency target {self.target_ms:.2f} ms{now} ({rng}); derived architecture kept in "
-                f"[{self.lower_ms:.2f}, {self.target_ms:.2f}] ms")
+        kept = f"; derived architecture kept in [{self.lower_ms:.2f}, {self.target_ms:.2f}] ms" if window else ""
+        return f"latency target {self.target_ms:.2f} ms{now} ({rng}){kept}"
 
 
 def resolve_target(text, latency, machine_factor: float | None = None, where: str = "") -> Target:

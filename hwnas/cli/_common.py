@@ -87,6 +87,22 @@ def _config_overrides(args) -> dict:
     return out
 
 
+def _lazy_progress(label: str):
+    """A ``progress(done, total)`` callback that opens its bar at the first call (a resumed job starts past
+    zero) and closes it at the last."""
+    state = {}
+
+    def callback(done, total):
+        if "bar" not in state:
+            state["bar"] = Progress(total, label)
+            state["bar"].update(done - 1)
+        state["bar"].update(1)
+        if done == total:
+            state["bar"].close()
+
+    return callback
+
+
 def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict:
     out = {}
     for p in pairs or []:

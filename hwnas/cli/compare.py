@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hwnas.runs import new_run_dir
-from hwnas.cli._common import (Progress, _add_space_opts, _add_table_opts, _config_overrides, _log_to_file,
-                              _table_callback, log)
+from hwnas.cli._common import (Progress, _add_space_opts, _add_table_opts, _lazy_progress, _config_overrides,
+                               _log_to_file, _table_callback, log)
 from hwnas.strategies import STRATEGIES
 
 
@@ -55,16 +55,7 @@ def _compare_trials(args) -> int:
     _log_to_file(out / "log.txt")
     log.info("compare directory: %s", out)
     table = None if args.latency_column else _table_callback(args, args.latency_table)
-    bar = {}
-
-    def progress(done, total):
-        if "bar" not in bar:
-            bar["bar"] = Progress(total, "runs")
-        bar["bar"].update(1)
-        if done == total:
-            bar["bar"].close()
-
-    rows = compare_selectors(cfg, out, table=table, progress=progress)
+    rows = compare_selectors(cfg, out, table=table, progress=_lazy_progress("runs"))
     print((out / "report.md").read_text())
     print(f"report: {out}/report.md, report.csv, best_so_far.png ({len(rows)} rows)")
     return 0

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwnas.cli._common import (Progress, _add_space_opts, _add_table_opts, _config_overrides, _parse_opts,
-                              _profile_progress)
+from hwnas.cli._common import (Progress, _add_space_opts, _add_table_opts, _lazy_progress, _config_overrides,
+                               _parse_opts, _profile_progress)
 from hwnas.strategies import STRATEGIES
 
 
@@ -22,26 +22,12 @@ def cmd_search(args) -> int:
         no_latency=args.no_latency, runs=args.runs, resume=args.resume, progress=Progress,
         profile_progress=_profile_progress(args.space or args.method), evaluator=args.evaluator, trials=args.trials,
         trial_epochs=args.trial_epochs, supernet=args.supernet, benchmark=args.benchmark, metric=args.metric,
-        latency_column=args.latency_column, trial_progress=_trial_progress())
+        latency_column=args.latency_column, trial_progress=_lazy_progress("trials"))
     if "trials" in result.summary:
         _print_selection_summary(result)
     else:
         _print_summary(result)
     return 0
-
-
-def _trial_progress():
-    state = {}
-
-    def callback(done, total):
-        if "bar" not in state:
-            state["bar"] = Progress(total, "trials")
-            state["bar"].update(done - 1)
-        state["bar"].update(1)
-        if done == total:
-            state["bar"].close()
-
-    return callback
 
 
 def _table_label(cfg) -> str:

@@ -157,7 +157,7 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     if not path.exists():
         atomic_write_text(path, json.dumps({**asdict(cfg), "kind": "selection", "deploy_config": deploy,
                                             "target_ms": target.target_ms, "window": window}, indent=2) + "\n")
-    log.info("%s", target.describe(space.name).split("; derived architecture kept in")[0])  # no window here: <= T
+    log.info("%s", target.describe(space.name, window=False))
     log.info("%s search, %d trials scored by %s%s", cfg.method, cfg.trials, cfg.evaluator,
              f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
     trials = run_trials(selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency, progress=progress)
@@ -213,6 +213,42 @@ def write_pareto(trials: list[dict], run_dir: Path, space) -> int:
     fig.savefig(run_dir / "pareto.png", dpi=100)
     plt.close(fig)
     return len(front)
+
+
+def select(method, *, space, latency_target, data, data_root, config, options, seed, device, train_resolution,
+            trials, trial_epochs, evaluator, supernet, benchmark, metric, latency_column, runs, resume, table,
+            progress):
+    """A multi-trial search as ``hwnas.search`` (and ``hwnas search``) runs it: a new run directory (or
+    ``resume``), its log file, ``run_selection``, the resulting arch."""
+    from hwnas.api import SearchResult, _log_file
+    from hwnas.device import resolve_device
+    from hwnas.exporting import resolve_arch
+    from hwnas.latency.lookup import load_layers, recorded_layers
+    from hwnas.runs import new_run_dir
+
+    if resume:
+        run_dir = Path(resume)
+        cfg = load_selection_config(run_dir)
+        layers = recorded_layers(cfg)
+        if layers:
+            table = load_layers(layers)
+    else:
+        space = space or ("nb201" if evaluator == "tabular" else "proxyless")
+        cfg = SelectionConfig(method=method, evaluator=evaluator, trials=trials, space=space, data=data,
+                              data_root=data_root, seed=seed, latency_target=latency_target, config=dict(config or {}),
+                              options=dict(options or {}), trial_epochs=trial_epochs,
+                              device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution,
+                              benchmark=benchmark and str(benchmark), metric=metric, latency_column=latency_column)
+        cfg.validate()
+        run_dir = new_run_dir(runs, cfg.method, cfg.space if evaluator != "supernet" else "supernet")
+    handler = _log_file(run_dir / "log.txt")
+    try:
+        summary = run_selection(cfg, run_dir, table=table, progress=progress)
+    finally:
+        logging.getLogger("hwnas").removeHandler(handler)
+        handler.close()
+    arch = resolve_arch(str(run_dir)).arch
+    return SearchResult(run_dir, arch, summary, cfg, arch.space_obj)
 
 
 def plot_best_so_far(trials: list[dict], path: Path) -> None:

@@ -69,7 +69,7 @@ class TabularBenchmark:
             raise BenchmarkError(f"--benchmark {self.path}: no rows")
         size = space_size(space, config)
         if size is not None and len(self.rows) != size:
-            missing = next(a for a in _all(space, config) if tuple(a) not in self.rows)
+            missing = next(a for a in space.all_archs(config) if tuple(a) not in self.rows)
             raise BenchmarkError(f"--benchmark {self.path}: holds {len(self.rows)} of the {size} architectures of space "
                                  f"{space.name!r} (missing e.g. {space.arch_string(missing)}); a tabular search needs "
                                  f"every one")
@@ -91,12 +91,6 @@ class TabularBenchmark:
         return h.hexdigest()[:12]
 
 
-def _all(space, config):
-    import itertools
-
-    return (list(t) for t in itertools.product(*(d.choices for d in space.decisions(config))))
-
-
 def _number(value, where: str) -> float:
     try:
         v = float(value)
@@ -116,7 +110,6 @@ class TabularLatency:
         if bench.latency_column is None:
             raise ValueError("a tabular latency model needs --latency-column")
         self.bench = bench
-        self.choices = [d.choices for d in bench.space.decisions(None)]
         self._sorted = sorted(bench.rows.items(), key=lambda kv: kv[1][1])
 
     def of_tokens(self, layers) -> float:
@@ -132,19 +125,6 @@ class TabularLatency:
 
     def feasible(self, upper_ms: float) -> list[tuple[str, ...]]:
         return [a for a, (_, lat) in self._sorted if lat <= upper_ms]
-
-    def derive_within(self, scores, lower_ms: float, upper_ms: float) -> list[str]:
-        """The best-scoring architecture (sum of its tokens' scores) with latency in the window, else the
-        fastest one above the lower edge (``mode="window"`` random search, the fallback)."""
-        best, best_score = None, -np.inf
-        for a, (_, lat) in self._sorted:
-            if lower_ms <= lat <= upper_ms:
-                s = sum(float(sc[c.index(t)]) for sc, c, t in zip(scores, self.choices, a))
-                if s > best_score:
-                    best, best_score = a, s
-        if best is None:
-            best = next((a for a, (_, lat) in self._sorted if lat <= upper_ms), self._sorted[0][0])
-        return list(best)
 
 
 class Tabular(Evaluator):

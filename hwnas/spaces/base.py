@@ -210,6 +210,15 @@ class Space(ABC):
             parts.append(v)
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def all_archs(self, config: dict | None = None) -> list[list[str]]:
+        """Every architecture of a space of independent decisions, in lexicographic order of the tokens
+        (choice order); ValueError where decisions constrain each other."""
+        import itertools
+
+        if self.decision_groups() is not None:
+            raise ValueError(f"space {self.name!r}: its decisions constrain each other; no plain enumeration")
+        return [list(t) for t in itertools.product(*(d.choices for d in self.decisions(config)))]
+
     def cover(self, rng: random.Random, config: dict | None, reps: int) -> list[list[str]]:
         """``reps`` sets of architectures; within a set every token of every decision appears at least once
         (a set has as many networks as the decision with the most choices), in an order drawn anew per

@@ -316,11 +316,5 @@ class NB201Space(Space):
     def cover(self, rng, config, reps):
         raise ValueError("space 'nb201' has no covering design (its networks are cells, not a chain of blocks)")
 
-    def all_archs(self) -> list[list[str]]:
-        """Every one of the 15,625 cells, in lexicographic order of the edge tokens (``OPS`` order)."""
-        import itertools
-
-        return [list(t) for t in itertools.product(OPS, repeat=len(EDGES))]
-
 
 SPACE = NB201Space()
