@@ -118,6 +118,7 @@ class Search:
         self.strategy.num_epochs = cfg.epochs
         self._make_weight_optimizer()
         self.train_loader, self.val_loader, self.test_loader = make_loaders(self.data, cfg.batch_size, seed=cfg.seed)
+        self.strategy.steps_per_epoch = len(self.train_loader)
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -266,7 +267,10 @@ class Search:
         new = not path.exists()
         fields = ["epoch", "phase", "train_loss", "train_acc", "val_acc_argmax", "lr", "seconds",
                   "arch_loss", "arch_ce", "expected_latency_ms", "argmax_latency_ms", "latency_multiplier",
-                  "temperature"]
+                  "temperature", "reward", "entropy"]
+        if not new:  # a run resumed by another version keeps the columns it started with
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), None) or fields
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
@@ -276,7 +280,21 @@ class Search:
     # -- derivation --------------------------------------------------------------------------------
     def derive_context(self) -> DeriveContext:
         return DeriveContext(self.latency, self.target.binding_ms, self.target.lower_ms,
-                             self.train_loader, self.val_loader, self.device)
+                             self.train_loader, self.val_loader, self.device, self.run_dir, self._trial_progress())
+
+    def _trial_progress(self):
+        """A ``progress(done, total)`` for a selection phase: a bar opened at the first call."""
+        state = {}
+
+        def callback(done, total):
+            if "bar" not in state:
+                state["bar"] = self.progress(total=total, desc=f"select {self.cfg.method}")
+                state["bar"].update(done - 1)
+            state["bar"].update(1)
+            if done >= total:
+                state["bar"].close()
+
+        return callback
 
     def derive(self) -> list[str]:
         """The strategy's final architecture; with a binding target the most probable one whose predicted
@@ -306,6 +324,8 @@ class Search:
                    "run_dir": str(self.run_dir)}
         if self.space.has_notation:
             summary["arch_string"] = self.space.arch_string(tokens)
+        if getattr(self.strategy, "selection", None):
+            summary["selection"] = self.strategy.selection
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 

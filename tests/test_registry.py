@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hwnas.latency.predictor import LatencyModel
 from hwnas.spaces import SPACES, get_space
 from hwnas.strategies import STRATEGIES, get_strategy
+from hwnas.strategies.sampling import SamplingStrategy
 from tests.helpers import synthetic_table
 
 SMALL = {"chain": {"width_mult": 0.25, "num_classes": 4}, "cell": {"search_C": 4, "search_layers": 3, "num_classes": 4},
@@ -16,6 +17,8 @@ PAIRS = [(m, s) for m in sorted(STRATEGIES) for s in sorted(SPACES)]
 
 def allowed(method: str, space: str) -> bool:
     cls, caps = STRATEGIES[method], SPACES[space].capabilities
+    if issubclass(cls, SamplingStrategy):  # every space; fairnas needs independent decisions
+        return method != "fairnas" or SPACES[space].decision_groups() is None
     if cls.spaces is None:
         return "layers" in caps and not (method == "spnas" and space == "fbnet")  # spnas: no grid on fbnet
     return space in cls.spaces
@@ -46,6 +49,8 @@ def test_one_search_step_or_a_clear_refusal(method, space):
     s.on_epoch_start(0)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4,))
     before = [p.detach().clone() for p in s.weight_parameters()]
+    if isinstance(s, SamplingStrategy):
+        return _sampling_step(s, sp, cfg, before, x, y)
     s.sample_weight_path()
     loss = F.cross_entropy(s.supernet(x), y)
     loss.backward()
@@ -63,5 +68,19 @@ def test_one_search_step_or_a_clear_refusal(method, space):
     from hwnas.spaces import Arch
 
     Arch(space, sp.resolve_config({}) if "cells" in sp.capabilities else cfg, tokens)  # a valid Arch
+    s.set_eval_path(tokens)
+    assert s.supernet(x).shape == (4, 4)
+
+
+def _sampling_step(s, sp, cfg, before, x, y):
+    """A sampling method: its own weight step, the controller's step (enas), a legal reference child."""
+    s.weight_step((x, y), torch.optim.SGD(s.weight_parameters(), lr=0.1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, s.weight_parameters()))
+    if s.arch_steps:
+        ctrl = [p.detach().clone() for p in s.controller.parameters()]
+        assert "reward" in s.arch_step(x, y)
+        assert any(not torch.equal(a, b) for a, b in zip(ctrl, s.controller.parameters()))
+    tokens = s.derive()
+    sp.check_layers(cfg, tokens)
     s.set_eval_path(tokens)
     assert s.supernet(x).shape == (4, 4)

@@ -25,6 +25,10 @@ class MixedOp(nn.Module):
         """The mixed op of a layer; ``make(token)`` builds the plain child module of a candidate."""
         return cls(tokens, [make(t) for t in tokens])
 
+    def select(self, index: int) -> None:
+        """Run only candidate ``index`` from now on (a sampled path, or one child inside the supernet)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a single path")
+
     def child_state_dict(self, token: str) -> dict:
         """The state dict of the plain child module ``token`` (``make(token)``'s layout)."""
         return {k: v.clone() for k, v in self.candidates[self.tokens.index(token)].state_dict().items()}

@@ -28,6 +28,9 @@ class BinaryGatedOp(MixedOp):
         self.gated_paths: tuple[int, ...] | None = None
         self.gates: torch.Tensor | None = None
 
+    def select(self, index: int) -> None:
+        self.gated_paths, self.active = None, int(index)
+
     def path(self, j: int, x: torch.Tensor) -> torch.Tensor:
         """The output of candidate ``j`` alone, ``o_j(x)``."""
         return self.candidates[j](x)

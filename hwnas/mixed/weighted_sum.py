@@ -37,6 +37,9 @@ class WeightedSumOp(MixedOp):
         self.active: int | None = None
         self.live = [i for i, c in enumerate(self.candidates) if not getattr(c, "is_zero", False)]
 
+    def select(self, index: int) -> None:
+        self.weights, self.active = None, int(index)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.active is not None:
             out = self.candidates[self.active](x)

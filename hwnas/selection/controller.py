@@ -40,11 +40,16 @@ def mnas_reward(accuracy: float, latency_ms: float, target_ms: float, kind: str 
 
 
 class Controller(nn.Module):
-    """The autoregressive policy over ``sizes[i]`` choices at decision ``i`` (see the module docstring)."""
+    """The autoregressive policy over ``sizes[i]`` choices at decision ``i`` (see the module docstring).
 
-    def __init__(self, sizes: list[int], hidden: int = 35, layers: int = 2):
+    ENAS's logit shaping (Pham et al. 2018, Sec. 3 and its code): ``temperature`` divides the logits and
+    ``tanh_constant`` C then squashes them to ``C tanh(l)`` (None: neither, NAS-RL's plain softmax)."""
+
+    def __init__(self, sizes: list[int], hidden: int = 35, layers: int = 2, temperature: float | None = None,
+                 tanh_constant: float | None = None):
         super().__init__()
         self.sizes = list(sizes)
+        self.temperature, self.tanh_constant = temperature, tanh_constant
         self.start = nn.Parameter(torch.zeros(1, hidden))
         self.embed = nn.ModuleList(nn.Embedding(n, hidden) for n in self.sizes)
         self.lstm = nn.LSTM(hidden, hidden, num_layers=layers)
@@ -52,17 +57,35 @@ class Controller(nn.Module):
         for p in self.parameters():  # the paper: uniform in [-0.08, 0.08]
             nn.init.uniform_(p, -0.08, 0.08)
 
-    def forward(self, choices: list[int] | None = None, generator: torch.Generator | None = None):
-        """Sample a choice per decision (or score the given ``choices``): (choices, sum log p, sum entropy)."""
+    def logits(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Decision ``i``'s logits from the LSTM output ``h`` (shaped by temperature and tanh)."""
+        out = self.heads[i](h)
+        if self.temperature is not None:
+            out = out / self.temperature
+        if self.tanh_constant is not None:
+            out = self.tanh_constant * torch.tanh(out)
+        return out
+
+    def forward(self, choices: list[int] | None = None, generator: torch.Generator | None = None, allowed=None):
+        """Sample a choice per decision (or score the given ``choices``): (choices, sum log p, sum entropy).
+        ``allowed(i, chosen_so_far)`` may return the indices decision ``i`` may take (None: all)."""
         x, state, out, logp, entropy = self.start, None, [], torch.zeros(()), torch.zeros(())
-        for i, head in enumerate(self.heads):
+        for i in range(len(self.heads)):
             h, state = self.lstm(x.unsqueeze(0), state)
-            log_probs = torch.log_softmax(head(h[0, 0]), dim=-1)
-            c = int(torch.multinomial(log_probs.exp(), 1, generator=generator)) if choices is None else choices[i]
+            logits = self.logits(i, h[0, 0])
+            ok = None if allowed is None else allowed(i, out)
+            if ok is not None:
+                mask = torch.full_like(logits, float("-inf"))
+                mask[list(ok)] = 0.0
+                logits = logits + mask
+            log_probs = torch.log_softmax(logits, dim=-1)
+            probs = log_probs.exp()
+            c = int(torch.multinomial(probs.detach().cpu(), 1, generator=generator)) if choices is None else choices[i]
             out.append(c)
             logp = logp + log_probs[c]
-            entropy = entropy - (log_probs.exp() * log_probs).sum()
-            x = self.embed[i](torch.tensor([c]))
+            safe = torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))  # masked: 0 log 0 = 0, no NaN grad
+            entropy = entropy - (probs * safe).sum()
+            x = self.embed[i](torch.tensor([c], device=self.start.device))
         return out, logp, entropy
 
 

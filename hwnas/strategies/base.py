@@ -50,7 +50,9 @@ def get_strategy(name: str) -> type["Strategy"]:
 @dataclass
 class DeriveContext:
     """What ``Strategy.derive`` may use: the latency model (None without a table), the binding target and
-    the lower edge of its window (None when no target binds), the loaders and the device."""
+    the lower edge of its window (None when no target binds), the loaders and the device; the run
+    directory, where a method that selects after training records its trials (resumable), and a
+    ``progress(done, total)`` callback for that selection."""
 
     latency: Any = None
     target_ms: float | None = None
@@ -58,6 +60,15 @@ class DeriveContext:
     train_loader: Any = None
     val_loader: Any = None
     device: Any = None
+    run_dir: Any = None
+    progress: Any = None
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """``(lower, target)`` when a target binds, else None."""
+        if self.target_ms is None or self.latency is None:
+            return None
+        return (float(self.lower_ms if self.lower_ms is not None else 0.0), float(self.target_ms))
 
 
 class Strategy(nn.Module, metaclass=ABCMeta):
@@ -72,8 +83,9 @@ class Strategy(nn.Module, metaclass=ABCMeta):
     default_space = "proxyless"
     #: whether the loop calls ``arch_step`` (gradient methods); a sampling method selects in ``derive``
     arch_steps = False
-    #: set by the loop before the first epoch: the run's total epochs
+    #: set by the loop before the first epoch: the run's total epochs and the weight steps of an epoch
     num_epochs: int | None = None
+    steps_per_epoch: int | None = None
     #: option name -> default; the CLI exposes them as --opt KEY=VALUE and records them in the run.
     defaults: dict = {}
 
