@@ -96,6 +96,20 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
+class _NoUpdate:
+    """An optimizer that clears gradients and updates nothing: a weight step timed without moving weights."""
+
+    def __init__(self, params):
+        self.params, self.param_groups = list(params), [{"lr": 0.0}]
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        pass
+
+
 def _median_ms(step, repeats: int = 5, warmup: int = 2) -> float:
     for _ in range(warmup):
         step()
@@ -115,12 +129,20 @@ def step_costs(search: Search, tokens: list[str]) -> dict:
     s = search.strategy
     s.supernet.train()
 
-    def supernet_step():
-        s.sample_weight_path()
-        loss = F.cross_entropy(s.supernet(x), y)
-        loss.backward()
-        s.supernet.zero_grad(set_to_none=True)
-        return loss
+    if hasattr(s, "sample_weight_path"):  # a gradient method: its weight path, forward, backward
+        def supernet_step():
+            s.sample_weight_path()
+            loss = F.cross_entropy(s.supernet(x), y)
+            loss.backward()
+            s.supernet.zero_grad(set_to_none=True)
+            return loss
+    else:  # a sampling method: its own weight step (FairNAS: m paths), without the optimizer's update
+        frozen = _NoUpdate(s.weight_parameters())
+
+        def supernet_step():
+            out = s.weight_step((x, y), frozen)
+            s.supernet.zero_grad(set_to_none=True)
+            return out
 
     def child_step(model):
         def step():

@@ -42,7 +42,7 @@ def linear_rate(step: int, total_steps: int, final: float) -> float:
 class OneShot(SamplingStrategy):
     name = "oneshot"
     shared_weights = False
-    defaults = {"weights": "separate", "calibration_batches": 8, "path_dropout": 0.5, "ghost_size": 16,
+    defaults = {"weights": "auto", "calibration_batches": 8, "path_dropout": 0.5, "ghost_size": 16,
                 "samples": 50}
 
     @classmethod

@@ -6,9 +6,10 @@ recalibrated on training batches).
 ``SamplingStrategy`` holds what they share:
 
 - the supernet: on a space of chain layers one binary-gated op per layer, its candidates cut out of one
-  shared MBConv (``weights=shared``, the default: ``hwnas.mixed.shared_gate``) or each with its own
-  weights (``weights=separate``, the papers' form); on a cell space (darts, nb201) one weighted-sum op per
-  edge run as a single path (``WeightedSumOp.select``), separate weights only;
+  shared MBConv (``weights=shared``: ``hwnas.mixed.shared_gate``) or each with its own weights
+  (``weights=separate``, the papers' form); on a cell space (darts, nb201) one weighted-sum op per edge run
+  as a single path (``WeightedSumOp.select``), separate weights only. ``weights=auto`` (the default) is
+  shared on chains and separate on cells;
 - ``set_path(tokens)``: every mixed op runs only its chosen candidate (``MixedOp.select``);
 - ``sample_path()``: one architecture uniformly over the space (``Space.sample``, so a cell keeps two edges
   per node), drawn from torch's generator so that a resumed search (its RNG state restored from the
@@ -37,7 +38,7 @@ from hwnas.strategies.base import DeriveContext, Strategy
 
 log = logging.getLogger("hwnas.search")
 
-WEIGHTS = ("shared", "separate")
+WEIGHTS = ("auto", "shared", "separate")
 #: options of the selection phase every sampling method has
 SELECTION_DEFAULTS = {"calibration_batches": 8}
 
@@ -46,7 +47,7 @@ class SamplingStrategy(Strategy):
     """The shared half of the sampling methods (see the module docstring)."""
 
     needs = frozenset()  # every space: chains through binary gates, cells through single-path weighted sums
-    defaults = {"weights": "shared", **SELECTION_DEFAULTS}
+    defaults = {"weights": "auto", **SELECTION_DEFAULTS}
     #: whether the method can cut candidates out of shared weights (One-Shot sums them all: it cannot)
     shared_weights = True
 
@@ -61,18 +62,18 @@ class SamplingStrategy(Strategy):
 
     @classmethod
     def make_supernet(cls, space, config: dict, resolution: int, num_classes: int, **kwargs):
-        weights = kwargs.get("weights", cls.defaults.get("weights", "separate"))
+        weights = kwargs.get("weights", cls.defaults.get("weights", "auto"))
         if weights not in WEIGHTS:
             raise ValueError(f"method {cls.name!r}: weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         if weights == "shared" and not cls.shared_weights:
             raise ValueError(f"method {cls.name!r} runs every candidate at once; it needs weights=separate")
         if not cls._chain(space):
-            if weights == "shared" and "weights" in kwargs:
+            if weights == "shared":
                 raise ValueError(f"method {cls.name!r}: space {space.name!r} has no shared-weight candidates "
-                                 f"(its ops differ in kind); use weights=separate")
+                                 f"(its ops differ in kind); use weights=separate or auto")
             return space.build_supernet(config, cls.cell_op(), resolution, num_classes)
-        op = SharedBinaryGatedOp if weights == "shared" else cls.chain_op()
-        return space.build_supernet(config, op, resolution, num_classes)
+        shared = weights == "shared" or (weights == "auto" and cls.shared_weights)
+        return space.build_supernet(config, SharedBinaryGatedOp if shared else cls.chain_op(), resolution, num_classes)
 
     @classmethod
     def chain_op(cls):
