@@ -19,6 +19,7 @@ from hwnas.latency.table import LatencyTable
 from hwnas.api import build_search
 from hwnas.searching import SearchConfig
 from hwnas.spaces import Arch
+from hwnas.strategies import get_strategy
 
 
 def main() -> None:
@@ -34,10 +35,13 @@ def main() -> None:
     ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                     help="space config override, e.g. search_C=8 on darts (values parsed as JSON)")
     ap.add_argument("--train-resolution", type=int, default=None)
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="method option for every method, e.g. population=6 (values parsed as JSON)")
     args = ap.parse_args()
     import json
 
     config = {k: json.loads(v) for k, v in (c.split("=", 1) for c in args.config)}
+    options = {k: json.loads(v) for k, v in (c.split("=", 1) for c in args.opt)}
     meta = LatencyTable.load(args.table).meta
 
     def table_for(sp, deploy_config):
@@ -54,7 +58,8 @@ def main() -> None:
         for t in args.targets:
             cfg = SearchConfig(method=method, space=args.space, latency_target=t, epochs=args.epochs,
                                warmup_epochs=args.warmup_epochs, seed=args.seed, table=args.table, config=config,
-                               train_resolution=args.train_resolution)
+                               train_resolution=args.train_resolution,
+                               options={k: v for k, v in options.items() if k in get_strategy(method).defaults})
             with tempfile.TemporaryDirectory() as run:
                 s = build_search(cfg, run, table=table_for)
                 r = s.run()
