@@ -257,10 +257,10 @@ class Search:
         with open(self.run_dir / "arch_history.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         self.save_checkpoint()
-        lat = f" argmax {row['argmax_latency_ms']:.2f} ms" if "argmax_latency_ms" in row else ""
-        log.info("epoch %d/%d %s loss %.3f train acc %.3f val acc (argmax path) %.3f%s [%.1fs]", self.epoch,
-                 cfg.epochs, row["phase"], row["train_loss"], row["train_acc"], row["val_acc_argmax"], lat,
-                 row["seconds"])
+        lat = f" {row['argmax_latency_ms']:.2f} ms" if "argmax_latency_ms" in row else ""
+        log.info("epoch %d/%d %s loss %.3f train acc %.3f val acc (%s) %.3f%s [%.1fs]", self.epoch,
+                 cfg.epochs, row["phase"], row["train_loss"], row["train_acc"], s.current_arch_label,
+                 row["val_acc_argmax"], lat, row["seconds"])
 
     def _append_metrics(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"

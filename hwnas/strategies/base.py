@@ -86,6 +86,8 @@ class Strategy(nn.Module, metaclass=ABCMeta):
     #: set by the loop before the first epoch: the run's total epochs and the weight steps of an epoch
     num_epochs: int | None = None
     steps_per_epoch: int | None = None
+    #: what ``current_arch()`` is, as the per-epoch log names it
+    current_arch_label = "argmax path"
     #: option name -> default; the CLI exposes them as --opt KEY=VALUE and records them in the run.
     defaults: dict = {}
 

@@ -150,6 +150,7 @@ def batch_statistics_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 class ENAS(SamplingStrategy):
     name = "enas"
     arch_steps = True
+    current_arch_label = "controller's greedy path"
     defaults = {**SamplingStrategy.defaults, "hidden": 100, "layers": 1, "temperature": 5.0, "tanh_constant": 2.5,
                 "controller_lr": 3.5e-4, "baseline_decay": 0.99, "entropy_weight": 1e-4, "aggregate": 1,
                 "reward": "soft", "derive_samples": 20}

@@ -48,6 +48,7 @@ class SamplingStrategy(Strategy):
 
     needs = frozenset()  # every space: chains through binary gates, cells through single-path weighted sums
     defaults = {"weights": "auto", **SELECTION_DEFAULTS}
+    current_arch_label = "reference path"
     #: whether the method can cut candidates out of shared weights (One-Shot sums them all: it cannot)
     shared_weights = True
 
