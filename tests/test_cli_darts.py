@@ -71,7 +71,7 @@ def test_bad_inputs(here, capsys):
     code, _, err = run(capsys, "search", "--method", "pcdarts", "--space", "spnas")
     assert_one_line_error(code, err, "'pcdarts' does not apply to space 'spnas'", "darts, nb201, proxyless, fbnet")
     code, _, err = run(capsys, "search", "--method", "proxyless", "--space", "darts")
-    assert_one_line_error(code, err, "'proxyless' does not apply to space 'darts'", "methods for 'darts': darts, gdas")
+    assert_one_line_error(code, err, "'proxyless' does not apply to space 'darts'", "methods for 'darts': darts, enas, gdas, oneshot, pcdarts, pdarts, spos")
     bad = here / "g.json"
     bad.write_text(json.dumps({"space": "darts", "genotype": {
         "normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 9]] + [["skip_connect", 0], ["skip_connect", 1]] * 3,

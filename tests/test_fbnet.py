@@ -14,11 +14,15 @@ from hwnas.objective import LatencyMultiplier
 from hwnas.api import build_search
 from hwnas.searching import SearchConfig
 from hwnas.spaces import Arch, get_space
-from hwnas.strategies import STRATEGIES, get_strategy
+from hwnas.strategies import STRATEGIES, FactorizedStrategy, get_strategy
 from hwnas.strategies.fbnet import fbnet_loss, temperature
 from helpers import synthetic_table
 
 SMALL = {"width_mult": 0.25, "num_classes": 4}
+
+#: The gradient methods of the chain spaces (the sampling methods are covered by test_sampling_methods.py).
+GRADIENT_CHAIN_METHODS = sorted(m for m, c in STRATEGIES.items()
+                                if c.spaces is None and issubclass(c, FactorizedStrategy))
 
 
 def make(method="fbnet", space="fbnet", target=None, **opts):
@@ -133,7 +137,7 @@ def test_multiplier_dual_ascent_known_steps():
             LatencyMultiplier(**bad)
 
 
-@pytest.mark.parametrize("method", sorted(m for m, c in STRATEGIES.items() if c.spaces is None))
+@pytest.mark.parametrize("method", GRADIENT_CHAIN_METHODS)
 def test_every_method_steers_with_the_multiplier_under_a_target(method):  # the DARTS family: test_registry.py
     s, lat = make(method=method, space="spnas")
     s.target_ms = lat.extremes()[0][0] * 1.05  # near the fastest: far below the expected latency
@@ -174,7 +178,7 @@ REFUSED = {("spnas", "fbnet"): "kernel x expansion grid"}
 
 
 @pytest.mark.parametrize("space", ["proxyless", "fbnet", "spnas"])
-@pytest.mark.parametrize("method", sorted(m for m, c in STRATEGIES.items() if c.spaces is None))
+@pytest.mark.parametrize("method", GRADIENT_CHAIN_METHODS)
 def test_every_method_takes_a_weight_and_an_arch_step_on_every_space(method, space):  # all pairs: test_registry
     if (method, space) in REFUSED:
         with pytest.raises(ValueError, match=REFUSED[(method, space)]):

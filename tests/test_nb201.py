@@ -144,4 +144,4 @@ def test_gdas_and_pcdarts_run_on_nb201(here, capsys, method):
 
 def test_methods_that_do_not_apply_are_refused(here, capsys):
     code, _, err = run(capsys, "search", "--method", "proxyless", *TINY)
-    assert_one_line_error(code, err, "'proxyless' does not apply to space 'nb201'", "darts, gdas, pcdarts")
+    assert_one_line_error(code, err, "'proxyless' does not apply to space 'nb201'", "darts, enas, fairnas, gdas, oneshot, pcdarts, spos")
