@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hwnas.data import load_data
+from hwnas.distributed import Distributed
 from hwnas.latency.predictor import LatencyModel
 from hwnas.objective import parse_machine_factor, resolve_target
 from hwnas.searching import NullProgress, Search, SearchConfig, SearchInputs, _seed_all, load_search_config
@@ -83,6 +84,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
            no_latency: bool = False, runs: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
            evaluator: str = "train", trials: int = 20, trial_epochs: int = 1, supernet: str | None = None,
            benchmark: str | os.PathLike | None = None, metric: str = "accuracy", latency_column: str | None = None,
+           storage: str | None = None, workers: int | None = None, heartbeat: float = 10.0,
            progress=NullProgress, profile_progress=None, trial_progress=None) -> SearchResult:
     """Search ``space`` (default: the method's) with ``method`` on ``data`` and derive an architecture that
     meets ``latency_target`` (``"20ms"``, ``"800us"``, ``"40%"`` of the space's range; None: the latency
@@ -95,7 +97,10 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     architectures with ``evaluator`` (``train``: each trained from scratch for ``trial_epochs``; ``supernet``:
     each a path of the trained supernet of the one-shot run ``supernet``; ``tabular``: column ``metric`` of
     the CSV ``benchmark``, latency from its ``latency_column`` if given) and returns the most accurate one
-    predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``."""
+    predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``. ``workers=N``
+    evaluates them with N processes on one Optuna study in ``storage`` (``journal:PATH`` or an RDB URL;
+    default a journal file in the run directory) that more may join (``worker``), a trial's heartbeat every
+    ``heartbeat`` seconds (``hwnas.selection.workers``)."""
     from hwnas.device import resolve_device
     from hwnas.latency.lookup import recorded_layers
     from hwnas.runs import new_run_dir
@@ -106,13 +111,20 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     if (resume and is_selection_run(resume)) or (not resume and method in SELECTORS):
         from hwnas.selection.run import select
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"method {method!r} is multi-trial: its workers share an Optuna storage "
+                             f"(--storage journal:PATH --workers N; hwnas worker), torchrun runs one-shot searches")
         return select(method, space=space, latency_target=latency_target, data=data, data_root=data_root,
                        config=config, options=options, seed=seed, device=device, train_resolution=train_resolution,
                        trials=trials, trial_epochs=trial_epochs, evaluator=evaluator, supernet=supernet,
                        benchmark=benchmark, metric=metric, latency_column=latency_column, runs=runs, resume=resume, table=table_callback(
                            latency_table, no_latency=no_latency, latency_device=latency_device, tables=tables,
                            backend=backend, batch=batch, dtype=dtype, mode=mode, provider=provider, threads=threads,
-                           profile_missing=profile_missing, progress=profile_progress), progress=trial_progress)
+                           profile_missing=profile_missing, progress=profile_progress), progress=trial_progress,
+                       storage=storage, workers=workers, heartbeat=heartbeat)
+    if storage or workers is not None:
+        raise ValueError(f"--storage and --workers belong to the multi-trial methods ({', '.join(sorted(SELECTORS))}); "
+                         f"a one-shot search scales with torchrun")
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
@@ -120,7 +132,7 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
         cfg = load_search_config(run_dir)
         if options:  # e.g. a run from before its method's defaults changed, whose config.json lacks them
             cfg.options = {**cfg.options, **options}
-        resolve_device(cfg.device)
+        dist = Distributed.from_env(resolve_device(cfg.device))
         latency_table = recorded_layers(cfg) or None
     else:
         train_device = resolve_device(device)
@@ -136,7 +148,8 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
                            options=dict(options or {}), train_resolution=train_resolution,
                            machine_factor=machine_factor)
         cfg.validate()
-        run_dir = new_run_dir(runs, cfg.method, cfg.space)
+        dist = Distributed.from_env(train_device)
+        run_dir = Path(dist.broadcast(str(new_run_dir(runs, cfg.method, cfg.space)) if dist.is_main else None))
 
     def record(table):
         cfg.table, cfg.table_overlay = str(table.path), (str(table.overlay) if table.overlay else None)
@@ -146,17 +159,31 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
                                tables=tables, backend=backend, batch=batch, dtype=dtype, mode=mode,
                                provider=provider, threads=threads, profile_missing=profile_missing,
                                progress=profile_progress)
-    run = build_search(cfg, run_dir, table=table_for, progress=progress)  # validates all inputs first
-    handler = _log_file(run_dir / "log.txt")
     try:
-        log.info("run directory: %s", run_dir)
-        summary = run.run()
+        run = build_search(cfg, run_dir, table=table_for, progress=progress, dist=dist)  # validates all inputs first
+        handler = _log_file(run_dir / "log.txt") if dist.is_main else logging.NullHandler()
+        try:
+            log.info("run directory: %s", run_dir)
+            summary = run.run()
+        finally:
+            logging.getLogger("hwnas").removeHandler(handler)
+            handler.close()
     finally:
-        logging.getLogger("hwnas").removeHandler(handler)
-        handler.close()
+        dist.close()
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 derived and wrote the run
+        return SearchResult(run_dir, None, None, cfg, run.space)
     from hwnas.exporting import resolve_arch
 
     return SearchResult(run_dir, resolve_arch(str(run_dir)).arch, summary, cfg, run.space)
+
+
+def worker(study: str | os.PathLike, *, storage: str | None = None, runs: str | os.PathLike = "runs",
+           trial_progress=None) -> SearchResult:
+    """Join a parallel multi-trial search as one more worker (``hwnas worker``): ``study`` is its run
+    directory, or its name in ``storage`` (``hwnas.selection.run.join``)."""
+    from hwnas.selection.run import join
+
+    return join(str(study), storage=storage, runs=runs, progress=trial_progress)
 
 
 def table_callback(latency_table=None, *, record=None, no_latency: bool = False, latency_device: str = "cpu",
@@ -209,13 +236,16 @@ def _machine_factor(cfg: SearchConfig, table) -> float | None:
     return float(f)
 
 
-def prepare_search(cfg: SearchConfig, table=None) -> SearchInputs:
-    """Everything ``Search(cfg, run_dir, inputs)`` takes, resolved (see the module docstring)."""
+def prepare_search(cfg: SearchConfig, table=None, resolved=None) -> SearchInputs:
+    """Everything ``Search(cfg, run_dir, inputs)`` takes, resolved (see the module docstring); ``resolved``:
+    the (latency model, target) another rank resolved (nothing is profiled or timed then)."""
     cfg.validate()
     _seed_all(cfg.seed)
     data = load_data(cfg.data, root=cfg.data_root, seed=cfg.seed, resolution=cfg.train_resolution)
     space = get_space(cfg.space)
     deploy_config = space.resolve_config({**cfg.config, "num_classes": data.num_classes})
+    if resolved is not None:
+        return SearchInputs(data, space, deploy_config, *resolved)
     if callable(table):
         table = table(space, deploy_config)
     latency = LatencyModel(table, space, deploy_config) if table is not None else None
@@ -229,9 +259,26 @@ def prepare_search(cfg: SearchConfig, table=None) -> SearchInputs:
     return SearchInputs(data, space, deploy_config, latency, target)
 
 
-def build_search(cfg: SearchConfig, run_dir: str | os.PathLike, table=None, progress=NullProgress) -> Search:
-    """``Search(cfg, run_dir, prepare_search(cfg, table))``."""
-    return Search(cfg, run_dir, prepare_search(cfg, table), progress=progress)
+def build_search(cfg: SearchConfig, run_dir: str | os.PathLike, table=None, progress=NullProgress,
+                 dist: Distributed | None = None) -> Search:
+    """``Search(cfg, run_dir, prepare_search(cfg, table))``. Under torchrun (``dist``) rank 0 resolves the
+    table (profiling what is missing) and the target, and the other ranks receive them with its config
+    (a machine factor measured once), so every rank holds the same latency term; an error there stops every
+    rank with rank 0's one line."""
+    if dist is None or not dist.active:
+        return Search(cfg, run_dir, prepare_search(cfg, table), progress=progress, dist=dist)
+    shared = None
+    if dist.is_main:
+        try:
+            inputs = prepare_search(cfg, table)
+            shared = (cfg, inputs.latency, inputs.target)
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, then rank 0 raises its own
+            dist.broadcast(e if isinstance(e, ValueError) else ValueError(f"rank 0: {e}"))
+    cfg_0, latency, target = dist.broadcast(shared)
+    if not dist.is_main:
+        cfg.__dict__.update(cfg_0.__dict__)
+        inputs = prepare_search(cfg, resolved=(latency, target))
+    return Search(cfg, run_dir, inputs, progress=progress, dist=dist)
 
 
 # -- train -----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from hwnas.data import DataSplits, make_loaders
+from hwnas.distributed import Distributed, cpu_state, step_rng
 from hwnas.latency.predictor import LatencyModel
 from hwnas.objective import Target, parse_machine_factor
 from hwnas.plots import plot_arch_history
@@ -104,10 +105,16 @@ class Search:
     them from a config and a table). It never profiles or times anything: the latency model and the
     target arrive resolved."""
 
-    def __init__(self, cfg: SearchConfig, run_dir: str | os.PathLike, inputs: SearchInputs, progress=NullProgress):
+    def __init__(self, cfg: SearchConfig, run_dir: str | os.PathLike, inputs: SearchInputs, progress=NullProgress,
+                 dist: Distributed | None = None):
         cfg.validate()
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.device = torch.device(cfg.device)
+        self.dist = dist or Distributed(device=torch.device(cfg.device))
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) does not divide among "
+                             f"{self.dist.world_size} ranks")
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.progress = progress if self.dist.is_main else NullProgress
+        self.device = self.dist.device if self.dist.device is not None else torch.device(cfg.device)
         self.data, self.space, self.deploy_config = inputs.data, inputs.space, inputs.deploy_config
         self.latency, self.target = inputs.latency, inputs.target
         _seed_all(cfg.seed)  # the supernet's initialization does not depend on what was profiled before
@@ -116,9 +123,14 @@ class Search:
                                            latency=self.latency, target_ms=self.target.binding_ms,
                                            **cfg.options).to(self.device)
         self.strategy.num_epochs = cfg.epochs
+        self._distribute()
         self._make_weight_optimizer()
+        # evaluation and derivation read whole batches; the steps read this rank's slices of batches drawn
+        # from a shuffle of their own (evaluating never moves the steps' data order: 1 rank == N ranks)
         self.train_loader, self.val_loader, self.test_loader = make_loaders(self.data, cfg.batch_size, seed=cfg.seed)
-        self.strategy.steps_per_epoch = len(self.train_loader)
+        step_train, step_val, _ = make_loaders(self.data, cfg.batch_size, seed=cfg.seed)
+        self.step_train_loader, self.step_val_loader = self.dist.shard(step_train), self.dist.shard(step_val)
+        self.strategy.steps_per_epoch = len(self.step_train_loader)
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -138,6 +150,13 @@ class Search:
     @property
     def machine_factor(self) -> float | None:
         return self.target.machine_factor
+
+    def _distribute(self) -> None:
+        """Under torchrun: the supernet inside DDP with cross-rank BatchNorm, the strategy told its process
+        group (``hwnas.distributed``); again whenever a strategy replaces its supernet."""
+        if self.dist.active:
+            self.strategy.distributed = self.dist
+            self.strategy.attach_ddp(self.dist.wrap(self.strategy.supernet))
 
     def _make_weight_optimizer(self) -> None:
         """SGD on the supernet's weights with a cosine schedule to the end of the run (made again when a
@@ -163,17 +182,25 @@ class Search:
                         "method_options": dict(self.strategy.options), "torch": torch.__version__}
             atomic_write_text(path, json.dumps(resolved, indent=2) + "\n")
 
-    def save_checkpoint(self) -> None:
+    def _state(self, rng: bool = True) -> dict:
         state = {"epoch": self.epoch, "structure": self.strategy.structure(), "strategy": self.strategy.state_dict(),
                  "arch_opt": self.strategy.arch_optimizer_state(), "w_opt": self.w_opt.state_dict(),
-                 "sched": self.sched.state_dict(), "history": self.history,
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-        atomic_torch_save(state, self.run_dir / "checkpoint.pt")
+                 "sched": self.sched.state_dict(), "history": self.history}
+        if rng:
+            state["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        return state
 
-    def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self._state(), self.run_dir / "checkpoint.pt")
+
+    def load_checkpoint(self, state: dict | None = None) -> None:
+        """Continue from ``state`` (default: RUN/checkpoint.pt; under torchrun rank 0 reads it and the
+        others receive it)."""
+        if state is None:
+            state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
         self.epoch = state["epoch"]
         if self.strategy.restore_structure(state.get("structure")):
+            self._distribute()
             self._make_weight_optimizer()
         try:
             self.strategy.load_state_dict(state["strategy"])
@@ -187,40 +214,60 @@ class Search:
         self.w_opt.load_state_dict(state["w_opt"])
         self.sched.load_state_dict(state["sched"])
         self.epoch, self.history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        if (self.run_dir / "checkpoint.pt").exists():
-            self.load_checkpoint()
-            log.info("resuming %s at epoch %d/%d", self.run_dir, self.epoch, self.cfg.epochs)
+    def run(self) -> dict | None:
+        """Train, derive, write the run directory; the summary (None on a rank other than 0 under torchrun:
+        rank 0 derives and writes alone)."""
+        state = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            if (self.run_dir / "checkpoint.pt").exists():
+                state = torch.load(self.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if self.dist.active:  # every rank starts from rank 0's state: a checkpoint, or its initialization
+            state = self.dist.broadcast(cpu_state(state if state is not None else self._state(rng=False)))
+        if state is not None:
+            self.load_checkpoint(state)
+            if "rng" in state:
+                log.info("resuming %s at epoch %d/%d", self.run_dir, self.epoch, self.cfg.epochs)
         log.info(self.describe_target())
         started = time.perf_counter()
-        steps = len(self.train_loader)
+        steps = len(self.step_train_loader)
         bar = self.progress(total=(self.cfg.epochs - self.epoch) * steps, desc=f"search {self.cfg.method}")
         try:
             while self.epoch < self.cfg.epochs:
                 self._epoch(bar)
         finally:
             bar.close()
+        if self.dist.active:  # training is over: rank 0 derives alone (no collective may wait on the others)
+            self.dist.barrier()
+            self.dist.close()
+            self.strategy.distributed = None
+            self.strategy.attach_ddp(None)
+            if not self.dist.is_main:
+                return None
         return self.finish(time.perf_counter() - started)
 
     def _epoch(self, bar) -> None:
         cfg, s = self.cfg, self.strategy
         search_arch = self.epoch >= cfg.warmup_epochs
-        val_iter = iter(self.val_loader)
         t0, losses, correct, seen, arch_metrics = time.perf_counter(), [], 0, 0, []
         if s.on_epoch_start(self.epoch):
             log.info("%s replaced its supernet at epoch %d: new weight optimizer", cfg.method, self.epoch + 1)
+            self._distribute()
             self._make_weight_optimizer()
         s.supernet.train()
-        for step, (x, y) in enumerate(self.train_loader):
+        val_iter = iter(self.step_val_loader)
+        first = self.epoch * s.steps_per_epoch
+        for step, (x, y) in enumerate(self.step_train_loader):
             x, y = x.to(self.device), y.to(self.device)
-            out = s.weight_step((x, y), self.w_opt)
+            with step_rng(cfg.seed, first + step, 0):  # the same path on every rank (hwnas.distributed)
+                out = s.weight_step((x, y), self.w_opt)
             losses.append(out["loss"])
             correct += out["correct"]
             seen += out["seen"]
@@ -228,15 +275,22 @@ class Search:
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
-                    val_iter = iter(self.val_loader)
+                    val_iter = iter(self.step_val_loader)
                     xv, yv = next(val_iter)
-                arch_metrics.append(s.arch_step(xv.to(self.device), yv.to(self.device)))
+                with step_rng(cfg.seed, first + step, 1):
+                    arch_metrics.append(s.arch_step(xv.to(self.device), yv.to(self.device)))
             bar.update(1)
             bar.set_postfix(epoch=self.epoch + 1, loss=f"{np.mean(losses):.3f}")
         self.sched.step()
+        self.dist.check_consistent(s, f"epoch {self.epoch + 1}")
+        train_loss = self.dist.mean(float(np.mean(losses)))
+        correct, seen = (self.dist.mean(v) * self.dist.world_size for v in (correct, seen))
+        if not self.dist.is_main:  # rank 0 evaluates and records the epoch; the others go on to the next one
+            self.epoch += 1
+            return
         tokens = s.current_arch()
         row = {"epoch": self.epoch + 1, "phase": "search" if search_arch else "warmup",
-               "train_loss": float(np.mean(losses)), "train_acc": correct / max(seen, 1),
+               "train_loss": train_loss, "train_acc": correct / max(seen, 1),
                "val_acc_argmax": evaluate_path(s, tokens, self.val_loader, self.device, self.train_loader),
                "lr": self.w_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         if arch_metrics:

@@ -4,6 +4,7 @@ bars and tables live here only.
     hwnas profile   measure every block of a space on a device into a latency table
     hwnas search    search a space on data, latency-aware, and derive an architecture
     hwnas compare   methods side by side on one setting, against random search
+    hwnas worker    join a parallel multi-trial search (a shared Optuna storage) as one more worker
     hwnas rank      how well a supernet ranks architectures against their own accuracy
     hwnas export    child network -> ONNX, checked against torch, latency measured
     hwnas train     train an architecture from scratch, report test accuracy
@@ -18,10 +19,10 @@ import argparse
 import logging
 import sys
 
-from hwnas.cli import compare, export, latency, profile, rank, search, train
+from hwnas.cli import compare, export, latency, profile, rank, search, train, worker
 from hwnas.cli._common import _FILE_HANDLERS, EXIT_BAD_INPUT, _setup_logging
 
-VERBS = (profile, search, compare, rank, export, train, latency)
+VERBS = (profile, search, worker, compare, rank, export, train, latency)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,10 @@ def cmd_search(args) -> int:
         no_latency=args.no_latency, runs=args.runs, resume=args.resume, progress=Progress,
         profile_progress=_profile_progress(args.space or args.method), evaluator=args.evaluator, trials=args.trials,
         trial_epochs=args.trial_epochs, supernet=args.supernet, benchmark=args.benchmark, metric=args.metric,
-        latency_column=args.latency_column, trial_progress=_lazy_progress("trials"))
+        latency_column=args.latency_column, storage=args.storage, workers=args.workers, heartbeat=args.heartbeat,
+        trial_progress=_lazy_progress("trials"))
+    if result.summary is None:  # torchrun: a rank other than 0 (rank 0 prints the summary)
+        return 0
     if "trials" in result.summary:
         _print_selection_summary(result)
     else:
@@ -100,6 +103,15 @@ def add_parser(sub) -> None:
                    help="multi-trial, --evaluator train: epochs per candidate (default %(default)s)")
     p.add_argument("--supernet", default=None, metavar="RUN_DIR",
                    help="multi-trial, --evaluator supernet: a finished one-shot search whose supernet scores paths")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="multi-trial: N worker processes on this machine sharing one Optuna study (more join with "
+                        "hwnas worker --study RUN)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="multi-trial, parallel: journal:PATH (a file on a shared filesystem) or postgresql://... "
+                        "(default with --workers: RUN/study.journal)")
+    p.add_argument("--heartbeat", type=float, default=10.0, metavar="S",
+                   help="parallel workers: seconds between a running trial's heartbeats; a trial silent for 6 is "
+                        "failed and evaluated again (default %(default)s)")
     _add_space_opts(p, space_default=None)
     p.add_argument("--latency-target", default=None,
                    help="e.g. 20ms, 800us, or 40%% (that far from the fastest to the slowest architecture)")

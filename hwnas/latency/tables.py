@@ -31,6 +31,11 @@ CONTEXTS = ("alone", "network")
 
 
 def default_threads() -> int:
+    """The threads a table is profiled and looked up with when ``--threads`` is not given: torch's count;
+    under torchrun (which sets ``OMP_NUM_THREADS=1`` for the training ranks) the machine's CPU count, as a
+    process of its own would have (the deploy target is not a training rank)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return max(1, os.cpu_count() or 1)
     return max(1, torch.get_num_threads())
 
 

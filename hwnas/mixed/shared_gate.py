@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas.distributed import CrossRankBatchNorm2d, cross_rank_batch_norm, syncs
 from hwnas.mixed.binary_gate import BinaryGatedOp
 from hwnas.mixed.superkernel import candidate_cut, crop_child_state, grid_of
 from hwnas.spaces.tokens import SKIP
@@ -33,6 +34,9 @@ def sliced_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, n: int) -> torch.Tens
     if bn.training:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    if isinstance(bn, CrossRankBatchNorm2d) and syncs(x, bn.training):  # torchrun: the global batch's statistics
+        return cross_rank_batch_norm(x, bn.running_mean[:n], bn.running_var[:n], bn.weight[:n], bn.bias[:n],
+                                     factor, bn.eps)
     return F.batch_norm(x, bn.running_mean[:n], bn.running_var[:n], bn.weight[:n], bn.bias[:n],
                         bn.training, factor, bn.eps)
 

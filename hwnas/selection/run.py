@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class SelectionConfig:
     benchmark: str | None = None  # evaluator tabular: the CSV, its metric column, its latency column (or the LUT)
     metric: str = "accuracy"
     latency_column: str | None = None
+    storage: str | None = None  # parallel workers: the Optuna storage URL (hwnas.selection.storage)
+    study: str | None = None  # ... and the study's name in it (the run directory's name)
+    heartbeat: float = 10.0  # ... seconds between a running trial's heartbeats (dead after 6 missed)
 
     def validate(self) -> None:
         from hwnas.selection.selector import get_selector
@@ -64,6 +68,8 @@ class SelectionConfig:
             raise ValueError("--evaluator tabular needs --benchmark FILE.csv (columns arch, --metric, [--latency-column])")
         if self.evaluator != "tabular" and (self.benchmark or self.latency_column):
             raise ValueError("--benchmark and --latency-column belong to --evaluator tabular")
+        if not self.heartbeat > 0:
+            raise ValueError(f"--heartbeat must be > 0 seconds, got {self.heartbeat}")
 
 
 def _supernet_evaluator(cfg: SelectionConfig):
@@ -133,34 +139,108 @@ def selection_inputs(cfg: SelectionConfig, run_dir: Path, table=None):
     return space, deploy, latency, target, evaluator
 
 
-def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None) -> dict:
+def _selector(cfg: SelectionConfig, space, deploy, latency, window, seed: int):
+    from hwnas.selection.selector import get_selector
+
+    cls = get_selector(cfg.method)
+    cfg.options = {**cls.budget_defaults(cfg.trials), **cfg.options}
+    try:
+        return cls(space, deploy, seed=seed, latency=latency, window=window, **cfg.options)
+    except TypeError as e:  # an --opt the selector does not take
+        raise ValueError(f"--method {cfg.method}: {e}") from None
+
+
+def _window(target):
+    return (target.lower_ms, target.target_ms) if target.target_ms is not None and target.binds else None
+
+
+def _write_config(cfg: SelectionConfig, run_dir: Path, deploy, target, window) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    record = {**asdict(cfg), "kind": "selection", "deploy_config": deploy, "target_ms": target.target_ms,
+              "window": window}
+    if not path.exists():
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None, spawn: int = 0) -> dict:
     """Run (or resume) the multi-trial search ``cfg`` into ``run_dir``; returns its summary. ``table`` is a
     LatencyTable or the search's table callback ``(space, deploy_config)`` (ignored with ``supernet``, which
-    uses its run's)."""
+    uses its run's). With ``cfg.storage`` this process is one worker on the shared study
+    (``hwnas.selection.workers``) and starts ``spawn`` more beside it (``hwnas worker`` processes, their
+    output in ``RUN/workers/spawned-<i>.log``)."""
     from hwnas.selection.loop import run_trials
-    from hwnas.selection.selector import get_selector
-    from hwnas.spaces import Arch
 
     cfg.validate()
     run_dir = Path(run_dir)
     started = time.perf_counter()
     space, deploy, latency, target, evaluator = selection_inputs(cfg, run_dir, table)
-    window = (target.lower_ms, target.target_ms) if target.target_ms is not None and target.binds else None
-    cls = get_selector(cfg.method)
-    cfg.options = {**cls.budget_defaults(cfg.trials), **cfg.options}
-    try:
-        selector = cls(space, deploy, seed=cfg.seed, latency=latency, window=window, **cfg.options)
-    except TypeError as e:  # an --opt the selector does not take
-        raise ValueError(f"--method {cfg.method}: {e}") from None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.json"
-    if not path.exists():
-        atomic_write_text(path, json.dumps({**asdict(cfg), "kind": "selection", "deploy_config": deploy,
-                                            "target_ms": target.target_ms, "window": window}, indent=2) + "\n")
+    window = _window(target)
+    if cfg.storage:
+        return _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn)
+    selector = _selector(cfg, space, deploy, latency, window, cfg.seed)
+    _write_config(cfg, run_dir, deploy, target, window)
     log.info("%s", target.describe(space.name, window=False))
     log.info("%s search, %d trials scored by %s%s", cfg.method, cfg.trials, cfg.evaluator,
              f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
     trials = run_trials(selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency, progress=progress)
+    return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
+
+
+def _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn=0) -> dict:
+    from hwnas.selection.loop import WORKER
+    from hwnas.selection.storage import open_storage, redact
+    from hwnas.selection.workers import create_study, run_worker, worker_seed
+
+    selector = _selector(cfg, space, deploy, latency, window, worker_seed(cfg.seed))
+    storage = open_storage(cfg.storage)
+    cfg.study = cfg.study or run_dir.name
+    record = _write_config(cfg, run_dir, deploy, target, window)
+    study = create_study(storage, cfg.study, record)
+    log.info("%s", target.describe(space.name, window=False))
+    log.info("worker %s on study %s in %s: %s, %d trials in all, scored by %s%s", WORKER, cfg.study,
+             redact(cfg.storage), cfg.method, cfg.trials, cfg.evaluator,
+             f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
+    children = _spawn_workers(run_dir, spawn)
+    try:
+        trials = run_worker(study, selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency,
+                            heartbeat=cfg.heartbeat, progress=progress)
+    except BaseException:
+        for child, _ in children:  # Ctrl-C or an error here: the others stop too (their trials marked failed)
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        raise
+    for child, out in children:
+        if child.wait() != 0:
+            log.warning("worker %d exited with %d (see %s)", child.pid, child.returncode, out)
+    atomic_write_text(run_dir / "trials.jsonl", "".join(json.dumps(t) + "\n" for t in trials))
+    return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
+
+
+def _spawn_workers(run_dir: Path, n: int) -> list:
+    """Start ``n`` ``hwnas worker --study RUN`` processes on this machine (the study already exists)."""
+    import subprocess
+    import sys
+
+    children = []
+    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        out = run_dir / "workers" / f"spawned-{i + 1}.log"
+        with open(out, "ab") as f:
+            child = subprocess.Popen([sys.executable, "-m", "hwnas", "worker", "--study", str(run_dir)],
+                                     stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HWNAS_PROGRESS": "0"})
+        children.append((child, out))
+        log.info("started worker process %d (output: %s)", child.pid, out)
+    return children
+
+
+def finish_selection(cfg: SelectionConfig, run_dir: Path, trials: list[dict], space, deploy, target, window,
+                     started: float) -> dict:
+    """The run's answer from its trials: ``arch.json`` (the most accurate trial predicted within T),
+    ``summary.json``, the best-so-far plot (and the Pareto front with ``pareto=true``)."""
+    from hwnas.spaces import Arch
+
     legal = [t for t in trials if window is None or (t["predicted_ms"] is not None and t["predicted_ms"] <= window[1])]
     if not legal:
         raise ValueError(f"{run_dir}: no trial meets the target {window[1]:.3f} ms; nothing to derive")
@@ -174,6 +254,8 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     summary = {"arch": best["arch"], "trial": best["trial"], "accuracy": best["result"]["accuracy"],
                "predicted_latency_ms": best["predicted_ms"], "target_ms": target.target_ms, "trials": len(trials),
                "seconds": round(time.perf_counter() - started, 1), "run_dir": str(run_dir)}
+    if cfg.storage:
+        summary["workers"] = sorted({t["worker"] for t in trials if t.get("worker")})
     if space.has_notation:
         summary["arch_string"] = space.arch_string(best["arch"])
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -217,9 +299,11 @@ def write_pareto(trials: list[dict], run_dir: Path, space) -> int:
 
 def select(method, *, space, latency_target, data, data_root, config, options, seed, device, train_resolution,
             trials, trial_epochs, evaluator, supernet, benchmark, metric, latency_column, runs, resume, table,
-            progress):
+            progress, storage=None, workers=None, heartbeat=10.0):
     """A multi-trial search as ``hwnas.search`` (and ``hwnas search``) runs it: a new run directory (or
-    ``resume``), its log file, ``run_selection``, the resulting arch."""
+    ``resume``), its log file, ``run_selection``, the resulting arch. ``workers=N`` runs N workers on one
+    Optuna study (this process and N - 1 started beside it; ``storage`` defaults to a journal file in the
+    run directory); ``storage`` alone makes this process one worker that others may join (``hwnas worker``)."""
     from hwnas.api import SearchResult, _log_file
     from hwnas.device import resolve_device
     from hwnas.exporting import resolve_arch
@@ -238,9 +322,69 @@ def select(method, *, space, latency_target, data, data_root, config, options, s
                               data_root=data_root, seed=seed, latency_target=latency_target, config=dict(config or {}),
                               options=dict(options or {}), trial_epochs=trial_epochs,
                               device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution,
-                              benchmark=benchmark and str(benchmark), metric=metric, latency_column=latency_column)
+                              benchmark=benchmark and str(benchmark), metric=metric, latency_column=latency_column,
+                              storage=storage, heartbeat=float(heartbeat))
         cfg.validate()
+        if workers is not None and int(workers) < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
         run_dir = new_run_dir(runs, cfg.method, cfg.space if evaluator != "supernet" else "supernet")
+        if workers is not None and not cfg.storage:
+            cfg.storage = f"journal:{run_dir.resolve() / 'study.journal'}"
+        elif cfg.storage:
+            from hwnas.selection.storage import open_storage
+
+            open_storage(cfg.storage)  # a storage that cannot be reached fails here, before anything is written
+        run_dir.mkdir(parents=True)
+    if workers is not None and int(workers) > 1 and not cfg.storage:
+        raise ValueError(f"{run_dir} is a sequential search (no --storage): resume it without --workers")
+    handler = _log_file(run_dir / "log.txt")
+    try:
+        summary = run_selection(cfg, run_dir, table=table, progress=progress, spawn=int(workers or 1) - 1)
+    finally:
+        logging.getLogger("hwnas").removeHandler(handler)
+        handler.close()
+    arch = resolve_arch(str(run_dir)).arch
+    return SearchResult(run_dir, arch, summary, cfg, arch.space_obj)
+
+
+def join(study: str, *, storage: str | None = None, runs="runs", progress=None):
+    """One more worker on a parallel multi-trial search (``hwnas worker``): ``study`` is the run directory
+    (on a filesystem this machine shares; ``storage`` overrides the URL it recorded, e.g. a journal mounted
+    at another path) or, with ``storage``, the study's name, the run's files then written to
+    ``runs/<name>``. Returns the search's result once the study holds its trials."""
+    from hwnas.api import SearchResult, _log_file
+    from hwnas.exporting import resolve_arch
+    from hwnas.latency.lookup import load_layers, recorded_layers
+
+    path = Path(study)
+    if (path / "config.json").exists():
+        run_dir = path
+        if not is_selection_run(run_dir):
+            raise ValueError(f"--study {run_dir}: a one-shot search; workers join multi-trial searches")
+        cfg = load_selection_config(run_dir)
+        if storage:
+            cfg.storage = storage
+        if not cfg.storage:
+            raise ValueError(f"--study {run_dir}: a sequential search (started without --storage or --workers); "
+                             f"resume it with hwnas search --resume {run_dir}")
+    elif storage:
+        from hwnas.selection.storage import open_storage
+        from hwnas.selection.workers import load_study
+
+        record = load_study(open_storage(storage), str(study)).user_attrs.get("hwnas_config")
+        if not isinstance(record, dict):
+            raise ValueError(f"study {study!r} in {storage} was not started by hwnas search (no config)")
+        run_dir = Path(runs) / str(study)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.json").exists():
+            atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+        cfg = load_selection_config(run_dir)
+        cfg.storage = storage
+    else:
+        raise ValueError(f"--study {study}: not a run directory (no config.json); give the run directory, or "
+                         f"--storage URL with the study's name")
+    layers = recorded_layers(cfg)
+    table = load_layers(layers) if layers else None
     handler = _log_file(run_dir / "log.txt")
     try:
         summary = run_selection(cfg, run_dir, table=table, progress=progress)

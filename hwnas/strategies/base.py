@@ -142,6 +142,24 @@ class Strategy(nn.Module, metaclass=ABCMeta):
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.supernet.parameters())
 
+    # -- more than one process (hwnas.distributed) ------------------------------------------------------
+    #: the torchrun process group the loop runs in (``hwnas.distributed.Distributed``), None in one process
+    distributed = None
+
+    def attach_ddp(self, wrapped: nn.Module | None) -> None:
+        """Run weight steps' forwards through ``wrapped`` (the supernet inside DDP). Kept out of the module
+        tree, so the state dict is the same in 1 and N processes."""
+        self.__dict__["_ddp"] = wrapped
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The supernet's forward in a weight step (through DDP under torchrun: its backward averages the
+        weight gradients over the ranks). Architecture steps and evaluation call ``supernet`` itself."""
+        return (self.__dict__.get("_ddp") or self.supernet)(x)
+
+    def average_(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Average ``tensors`` (architecture gradients) over the ranks in place; nothing in one process."""
+        return self.distributed.average_(tensors) if self.distributed is not None else tensors
+
     # -- steps ----------------------------------------------------------------------------------------
     @abstractmethod
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict:

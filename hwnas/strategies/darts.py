@@ -122,6 +122,7 @@ class DARTS(FactorizedStrategy):
         saved = [p.detach().clone() for p in weights]
         try:
             g_train = torch.autograd.grad(self.train_loss(xt, yt), weights, allow_unused=True)
+            self.average_([g for g in g_train if g is not None])  # torchrun: every rank unrolls the same w'
             with torch.no_grad():  # w' = w - xi grad_w L_train(w, alpha)      (eq. 6)
                 for p, g in zip(weights, g_train):
                     if g is not None:
@@ -129,7 +130,7 @@ class DARTS(FactorizedStrategy):
             loss, ce, expected = self.val_loss(x, y)
             grads = torch.autograd.grad(loss, alphas + weights, allow_unused=True)
             d_alpha, v = grads[: len(alphas)], grads[len(alphas):]
-            v = [torch.zeros_like(p) if g is None else g for p, g in zip(weights, v)]
+            v = self.average_([torch.zeros_like(p) if g is None else g for p, g in zip(weights, v)])
             norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v))
             eps = 0.01 / max(float(norm), 1e-12)
             hessian = []

@@ -195,6 +195,8 @@ class ENAS(SamplingStrategy):
         tokens = self.encoding.tokens(choices)
         self.set_path(tokens)
         accuracy = batch_statistics_accuracy(self.supernet, x, y)
+        if self.distributed is not None:  # torchrun: the reward of the global batch, the same step on every rank
+            accuracy = self.distributed.mean(accuracy)
         r = self.reward(tokens, accuracy) + o["entropy_weight"] * float(entropy.detach())
         with torch.no_grad():
             if not bool(self.baseline_set):

@@ -55,7 +55,7 @@ class FactorizedStrategy(Strategy):
         x, y = batch
         self.weight_lr, self.last_train_batch = optimizer.param_groups[0]["lr"], (x, y)
         self.sample_weight_path()
-        logits = self.supernet(x)
+        logits = self.train_forward(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,9 +132,12 @@ class FactorizedStrategy(Strategy):
 
     # -- shared plumbing of architecture steps ---------------------------------------------------------
     def apply_arch_grads(self, grads) -> None:
-        """Set each architecture parameter's gradient (None: zero) and take one ``arch_opt`` step."""
-        for p, g in zip(self.arch_parameters(), grads, strict=True):
-            p.grad = torch.zeros_like(p) if g is None else g
+        """Set each architecture parameter's gradient (None: zero; averaged over the ranks under torchrun)
+        and take one ``arch_opt`` step."""
+        params = self.arch_parameters()
+        grads = self.average_([torch.zeros_like(p) if g is None else g.clone() for p, g in zip(params, grads, strict=True)])
+        for p, g in zip(params, grads):
+            p.grad = g
         self.arch_opt.step()
         self.arch_opt.zero_grad(set_to_none=True)
 

@@ -79,7 +79,7 @@ class OneShot(SamplingStrategy):
                 op.select(None)
                 op.rate = self.rate
         optimizer.zero_grad(set_to_none=True)
-        logits = self.supernet(x)
+        logits = self.train_forward(x)
         loss = F.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()

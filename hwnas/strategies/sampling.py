@@ -114,7 +114,7 @@ class SamplingStrategy(Strategy):
         """Forward and backward of the child ``tokens`` on ``(x, y)``, gradients of ``scale`` times its
         cross-entropy accumulating: (loss, logits)."""
         self.set_path(tokens)
-        logits = self.supernet(x)
+        logits = self.train_forward(x)
         loss = F.cross_entropy(logits, y)
         (loss * scale if scale != 1.0 else loss).backward()
         return loss.detach(), logits.detach()
