@@ -236,6 +236,9 @@ class Search:
             if "rng" in state:
                 log.info("resuming %s at epoch %d/%d", self.run_dir, self.epoch, self.cfg.epochs)
         log.info(self.describe_target())
+        if self.dist.active:
+            log.info("torchrun: %d ranks (%s), global batch %d (%d a rank)", self.dist.world_size, self.dist.backend,
+                     self.cfg.batch_size, self.cfg.batch_size // self.dist.world_size)
         started = time.perf_counter()
         steps = len(self.step_train_loader)
         bar = self.progress(total=(self.cfg.epochs - self.epoch) * steps, desc=f"search {self.cfg.method}")
@@ -375,7 +378,7 @@ class Search:
                    "predicted_now_ms": predicted * self.machine_factor if predicted and self.machine_factor else None,
                    "target_binds": self.binds, "range_ms": self.range_ms,
                    "supernet_val_acc": val_acc, "epochs": self.epoch, "search_seconds": seconds,
-                   "run_dir": str(self.run_dir)}
+                   "ranks": self.dist.world_size, "run_dir": str(self.run_dir)}
         if self.space.has_notation:
             summary["arch_string"] = self.space.arch_string(tokens)
         if getattr(self.strategy, "selection", None):

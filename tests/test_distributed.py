@@ -1,7 +1,7 @@
 """Supernet searches on 2 gloo ranks (hwnas.distributed): the same steps as one process on the whole batch
 (float64, weights, architecture parameters and BN buffers within 1e-10 after 5 steps), the same path on
 every rank at every step, cross-rank BatchNorm against nn.BatchNorm2d, the data slices, and `torchrun`
-end to end (marked slow: tests/test_distributed_cli.py)."""
+end to end (tests/test_distributed_cli.py, about a minute)."""
 import os
 import tempfile
 
