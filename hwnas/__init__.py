@@ -12,7 +12,7 @@ The Python API (``hwnas.api``; the commands call the same functions)::
 """
 __version__ = "0.1.0"
 
-_API = ("profile", "search", "train", "export", "predict", "SearchResult")
+_API = ("profile", "search", "worker", "train", "export", "predict", "SearchResult")
 __all__ = list(_API)
 
 

@@ -40,7 +40,7 @@ def test_every_command_the_readme_shows_parses():
         except SystemExit:
             pytest.fail(f"README command does not parse: hwnas {' '.join(argv)}")
         verbs.add(args.command)
-    assert verbs == {"profile", "search", "train", "export", "compare", "rank", "latency"}
+    assert verbs == {"profile", "search", "worker", "train", "export", "compare", "rank", "latency"}
 
 
 def test_ci_runs_the_readme_test_command():
