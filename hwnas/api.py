@@ -84,7 +84,8 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
            no_latency: bool = False, runs: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
            evaluator: str = "train", trials: int = 20, trial_epochs: int = 1, supernet: str | None = None,
            benchmark: str | os.PathLike | None = None, metric: str = "accuracy", latency_column: str | None = None,
-           storage: str | None = None, workers: int | None = None, heartbeat: float = 10.0,
+           storage: str | None = None, workers: int | None = None, heartbeat: float = 10.0, engine: str = "local",
+           ray_address: str | None = None, trial_cpus: float = 1.0, trial_gpus: float = 0.0,
            progress=NullProgress, profile_progress=None, trial_progress=None) -> SearchResult:
     """Search ``space`` (default: the method's) with ``method`` on ``data`` and derive an architecture that
     meets ``latency_target`` (``"20ms"``, ``"800us"``, ``"40%"`` of the space's range; None: the latency
@@ -100,7 +101,8 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
     predicted within the target (``hwnas.selection.run``); ``trial_progress(done, total)``. ``workers=N``
     evaluates them with N processes on one Optuna study in ``storage`` (``journal:PATH`` or an RDB URL;
     default a journal file in the run directory) that more may join (``worker``), a trial's heartbeat every
-    ``heartbeat`` seconds (``hwnas.selection.workers``)."""
+    ``heartbeat`` seconds (``hwnas.selection.workers``); ``engine="ray"`` runs each trial as a Ray task
+    (``trial_cpus``/``trial_gpus``) on ``ray.init(address=ray_address)`` (``hwnas.selection.ray_engine``)."""
     from hwnas.device import resolve_device
     from hwnas.latency.lookup import recorded_layers
     from hwnas.runs import new_run_dir
@@ -121,9 +123,10 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
                            latency_table, no_latency=no_latency, latency_device=latency_device, tables=tables,
                            backend=backend, batch=batch, dtype=dtype, mode=mode, provider=provider, threads=threads,
                            profile_missing=profile_missing, progress=profile_progress), progress=trial_progress,
-                       storage=storage, workers=workers, heartbeat=heartbeat)
-    if storage or workers is not None:
-        raise ValueError(f"--storage and --workers belong to the multi-trial methods ({', '.join(sorted(SELECTORS))}); "
+                       storage=storage, workers=workers, heartbeat=heartbeat, engine=engine, ray_address=ray_address,
+                       trial_cpus=trial_cpus, trial_gpus=trial_gpus)
+    if storage or workers is not None or engine != "local":
+        raise ValueError(f"--storage, --workers and --engine belong to the multi-trial methods ({', '.join(sorted(SELECTORS))}); "
                          f"a one-shot search scales with torchrun")
     if resume:
         run_dir = Path(resume)

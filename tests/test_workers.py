@@ -200,7 +200,7 @@ def test_bad_storages_are_refused_in_one_line(here, capsys):
 
 def test_workers_belong_to_multi_trial_methods_and_parallel_runs(here, capsys):
     code, _, err = run(capsys, "search", "--method", "proxyless", "--workers", "2", "--latency-target", "50%")
-    assert_one_line_error(code, err, "--storage and --workers belong to the multi-trial methods")
+    assert_one_line_error(code, err, "--storage, --workers and --engine belong to the multi-trial methods")
     code, _, err = run(capsys, "search", "--method", "random", *TAB, "--trials", "3", "--workers", "0")
     assert_one_line_error(code, err, "--workers must be >= 1")
     code, _, err = run(capsys, "search", "--method", "random", *TAB, "--trials", "3", "--heartbeat", "0")
@@ -214,3 +214,29 @@ def test_workers_belong_to_multi_trial_methods_and_parallel_runs(here, capsys):
     assert_one_line_error(code, err, "not a run directory")
     code, _, err = run(capsys, "worker", "--study", "no-such-study", "--storage", f"journal:{here / 'j.journal'}")
     assert_one_line_error(code, err, "no study 'no-such-study'")
+
+
+def test_ray_engine_runs_one_trial_per_task_on_the_study(here):
+    pytest.importorskip("ray")
+    p = hwnas(here, 0.3, "search", "--method", "evolution", *TAB, "--trials", "8", "--engine", "ray", "--workers", "2",
+              "--seed", "3")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "Ray: 2 trial tasks at a time (1 CPU, 0 GPU each)" in out
+    run_dir = run_dir_of(here)
+    rows = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and len({tuple(r["arch"]) for r in rows}) == 8
+    driver = [line for line in out.splitlines() if line.startswith("worker ")][0].split()[1]
+    workers = {r["worker"] for r in rows}
+    assert len(workers) == 2 and driver not in workers, (driver, workers)  # the tasks evaluate, not the driver
+    study = optuna.load_study(storage=open_storage(f"journal:{run_dir / 'study.journal'}"), study_name=run_dir.name)
+    assert len(completed(study.get_trials())) == 8
+    assert not [t for t in study.get_trials() if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+
+
+def test_an_unreachable_ray_cluster_is_refused_in_one_line_before_anything_is_written(here, capsys):
+    pytest.importorskip("ray")
+    code, _, err = run(capsys, "search", "--method", "random", *TAB, "--trials", "3", "--engine", "ray",
+                       "--ray-address", "127.0.0.1:1")
+    assert_one_line_error(code, err, "--ray-address 127.0.0.1:1: cannot connect to Ray")
+    assert not (here / "runs").exists() or not list((here / "runs").iterdir())

@@ -89,16 +89,22 @@ def _config_overrides(args) -> dict:
 
 def _lazy_progress(label: str):
     """A ``progress(done, total)`` callback that opens its bar at the first call (a resumed job starts past
-    zero) and closes it at the last."""
-    state = {}
+    zero) and closes it when ``done`` reaches ``total``; ``done`` is absolute, so a parallel worker may
+    report the same count again or several new trials at once."""
+    state = {"done": 0}
 
     def callback(done, total):
         if "bar" not in state:
             state["bar"] = Progress(total, label)
-            state["bar"].update(done - 1)
-        state["bar"].update(1)
-        if done == total:
+            state["done"] = done - 1 if done > 0 else 0
+            if state["done"]:
+                state["bar"].update(state["done"])
+        if done > state["done"]:
+            state["bar"].update(done - state["done"])
+            state["done"] = done
+        if done >= total and not state.get("closed"):
             state["bar"].close()
+            state["closed"] = True
 
     return callback
 

@@ -23,6 +23,7 @@ def cmd_search(args) -> int:
         profile_progress=_profile_progress(args.space or args.method), evaluator=args.evaluator, trials=args.trials,
         trial_epochs=args.trial_epochs, supernet=args.supernet, benchmark=args.benchmark, metric=args.metric,
         latency_column=args.latency_column, storage=args.storage, workers=args.workers, heartbeat=args.heartbeat,
+        engine=args.engine, ray_address=args.ray_address, trial_cpus=args.trial_cpus, trial_gpus=args.trial_gpus,
         trial_progress=_lazy_progress("trials"))
     if result.summary is None:  # torchrun: a rank other than 0 (rank 0 prints the summary)
         return 0
@@ -112,6 +113,13 @@ def add_parser(sub) -> None:
     p.add_argument("--heartbeat", type=float, default=10.0, metavar="S",
                    help="parallel workers: seconds between a running trial's heartbeats; a trial silent for 6 is "
                         "failed and evaluated again (default %(default)s)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="parallel workers: local processes, or ray: one Ray task per trial (pip install 'hwnas[ray]'; "
+                        "--workers then caps the tasks in flight, default the cluster's CPUs / --trial-cpus)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: ray.init's address (e.g. auto, ray://HOST:10001; default a local Ray instance)")
+    p.add_argument("--trial-cpus", type=float, default=1.0, help="--engine ray: CPUs of one trial's task (default 1)")
+    p.add_argument("--trial-gpus", type=float, default=0.0, help="--engine ray: GPUs of one trial's task (default 0)")
     _add_space_opts(p, space_default=None)
     p.add_argument("--latency-target", default=None,
                    help="e.g. 20ms, 800us, or 40%% (that far from the fastest to the slowest architecture)")

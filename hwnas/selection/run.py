@@ -53,6 +53,11 @@ class SelectionConfig:
     storage: str | None = None  # parallel workers: the Optuna storage URL (hwnas.selection.storage)
     study: str | None = None  # ... and the study's name in it (the run directory's name)
     heartbeat: float = 10.0  # ... seconds between a running trial's heartbeats (dead after 6 missed)
+    engine: str = "local"  # ... local: worker processes; ray: one Ray task per trial (hwnas.selection.ray_engine)
+    ray_address: str | None = None  # ... ray.init's address (None: a local Ray instance; "auto": the cluster here)
+    trial_cpus: float = 1.0  # ... resources of one trial's Ray task
+    trial_gpus: float = 0.0
+    workers: int | None = None  # ... ray: tasks in flight (None: the cluster's CPUs / trial_cpus)
 
     def validate(self) -> None:
         from hwnas.selection.selector import get_selector
@@ -70,6 +75,10 @@ class SelectionConfig:
             raise ValueError("--benchmark and --latency-column belong to --evaluator tabular")
         if not self.heartbeat > 0:
             raise ValueError(f"--heartbeat must be > 0 seconds, got {self.heartbeat}")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"--engine must be local or ray, got {self.engine!r}")
+        if not self.trial_cpus > 0 or self.trial_gpus < 0:
+            raise ValueError(f"--trial-cpus must be > 0 and --trial-gpus >= 0, got {self.trial_cpus}, {self.trial_gpus}")
 
 
 def _supernet_evaluator(cfg: SelectionConfig):
@@ -164,12 +173,14 @@ def _write_config(cfg: SelectionConfig, run_dir: Path, deploy, target, window) -
     return record
 
 
-def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None, spawn: int = 0) -> dict:
+def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None, spawn: int = 0,
+                  claims: int | None = None):
     """Run (or resume) the multi-trial search ``cfg`` into ``run_dir``; returns its summary. ``table`` is a
     LatencyTable or the search's table callback ``(space, deploy_config)`` (ignored with ``supernet``, which
     uses its run's). With ``cfg.storage`` this process is one worker on the shared study
     (``hwnas.selection.workers``) and starts ``spawn`` more beside it (``hwnas worker`` processes, their
-    output in ``RUN/workers/spawned-<i>.log``)."""
+    output in ``RUN/workers/spawned-<i>.log``); with ``cfg.engine == "ray"`` it dispatches the trials as Ray
+    tasks instead. ``claims=K``: evaluate K trials as one worker and return their rows (a Ray task's body)."""
     from hwnas.selection.loop import run_trials
 
     cfg.validate()
@@ -178,7 +189,8 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     space, deploy, latency, target, evaluator = selection_inputs(cfg, run_dir, table)
     window = _window(target)
     if cfg.storage:
-        return _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn)
+        return _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn,
+                           claims)
     selector = _selector(cfg, space, deploy, latency, window, cfg.seed)
     _write_config(cfg, run_dir, deploy, target, window)
     log.info("%s", target.describe(space.name, window=False))
@@ -188,7 +200,8 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
 
 
-def _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn=0) -> dict:
+def _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn=0,
+                claims=None):
     from hwnas.selection.loop import WORKER
     from hwnas.selection.storage import open_storage, redact
     from hwnas.selection.workers import create_study, run_worker, worker_seed
@@ -198,10 +211,19 @@ def _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator,
     cfg.study = cfg.study or run_dir.name
     record = _write_config(cfg, run_dir, deploy, target, window)
     study = create_study(storage, cfg.study, record)
+    if claims is not None:  # a Ray task: one more worker for K trials, the driver finishes the run
+        return run_worker(study, selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency,
+                          heartbeat=cfg.heartbeat, claims=claims)
     log.info("%s", target.describe(space.name, window=False))
     log.info("worker %s on study %s in %s: %s, %d trials in all, scored by %s%s", WORKER, cfg.study,
              redact(cfg.storage), cfg.method, cfg.trials, cfg.evaluator,
              f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
+    if cfg.engine == "ray":
+        from hwnas.selection.ray_engine import run_on_ray
+
+        trials = run_on_ray(study, cfg, run_dir, progress=progress)
+        atomic_write_text(run_dir / "trials.jsonl", "".join(json.dumps(t) + "\n" for t in trials))
+        return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
     children = _spawn_workers(run_dir, spawn)
     try:
         trials = run_worker(study, selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency,
@@ -299,11 +321,14 @@ def write_pareto(trials: list[dict], run_dir: Path, space) -> int:
 
 def select(method, *, space, latency_target, data, data_root, config, options, seed, device, train_resolution,
             trials, trial_epochs, evaluator, supernet, benchmark, metric, latency_column, runs, resume, table,
-            progress, storage=None, workers=None, heartbeat=10.0):
+            progress, storage=None, workers=None, heartbeat=10.0, engine="local", ray_address=None,
+            trial_cpus=1.0, trial_gpus=0.0):
     """A multi-trial search as ``hwnas.search`` (and ``hwnas search``) runs it: a new run directory (or
     ``resume``), its log file, ``run_selection``, the resulting arch. ``workers=N`` runs N workers on one
     Optuna study (this process and N - 1 started beside it; ``storage`` defaults to a journal file in the
-    run directory); ``storage`` alone makes this process one worker that others may join (``hwnas worker``)."""
+    run directory); ``storage`` alone makes this process one worker that others may join (``hwnas worker``).
+    ``engine="ray"``: the trials run as Ray tasks (``trial_cpus``/``trial_gpus`` each, ``workers`` at once)
+    on ``ray.init(address=ray_address)``, this process their driver (``hwnas.selection.ray_engine``)."""
     from hwnas.api import SearchResult, _log_file
     from hwnas.device import resolve_device
     from hwnas.exporting import resolve_arch
@@ -323,23 +348,30 @@ def select(method, *, space, latency_target, data, data_root, config, options, s
                               options=dict(options or {}), trial_epochs=trial_epochs,
                               device=str(resolve_device(device)), supernet=supernet, train_resolution=train_resolution,
                               benchmark=benchmark and str(benchmark), metric=metric, latency_column=latency_column,
-                              storage=storage, heartbeat=float(heartbeat))
+                              storage=storage, heartbeat=float(heartbeat), engine=engine, ray_address=ray_address,
+                              trial_cpus=float(trial_cpus), trial_gpus=float(trial_gpus),
+                              workers=int(workers) if engine == "ray" and workers is not None else None)
         cfg.validate()
         if workers is not None and int(workers) < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         run_dir = new_run_dir(runs, cfg.method, cfg.space if evaluator != "supernet" else "supernet")
-        if workers is not None and not cfg.storage:
+        if (workers is not None or engine == "ray") and not cfg.storage:
             cfg.storage = f"journal:{run_dir.resolve() / 'study.journal'}"
         elif cfg.storage:
             from hwnas.selection.storage import open_storage
 
             open_storage(cfg.storage)  # a storage that cannot be reached fails here, before anything is written
+        if cfg.engine == "ray":
+            from hwnas.selection.ray_engine import check_ray
+
+            check_ray(cfg.ray_address)  # so does a missing Ray or a cluster address that refuses connections
         run_dir.mkdir(parents=True)
     if workers is not None and int(workers) > 1 and not cfg.storage:
         raise ValueError(f"{run_dir} is a sequential search (no --storage): resume it without --workers")
     handler = _log_file(run_dir / "log.txt")
     try:
-        summary = run_selection(cfg, run_dir, table=table, progress=progress, spawn=int(workers or 1) - 1)
+        spawn = int(workers or 1) - 1 if cfg.engine == "local" else 0
+        summary = run_selection(cfg, run_dir, table=table, progress=progress, spawn=spawn)
     finally:
         logging.getLogger("hwnas").removeHandler(handler)
         handler.close()
@@ -347,11 +379,12 @@ def select(method, *, space, latency_target, data, data_root, config, options, s
     return SearchResult(run_dir, arch, summary, cfg, arch.space_obj)
 
 
-def join(study: str, *, storage: str | None = None, runs="runs", progress=None):
+def join(study: str, *, storage: str | None = None, runs="runs", progress=None, claims: int | None = None):
     """One more worker on a parallel multi-trial search (``hwnas worker``): ``study`` is the run directory
     (on a filesystem this machine shares; ``storage`` overrides the URL it recorded, e.g. a journal mounted
     at another path) or, with ``storage``, the study's name, the run's files then written to
-    ``runs/<name>``. Returns the search's result once the study holds its trials."""
+    ``runs/<name>``. Returns the search's result once the study holds its trials; with ``claims=K`` (a Ray
+    task) the rows of the K trials it evaluated. A joining worker evaluates here, whatever the run's engine."""
     from hwnas.api import SearchResult, _log_file
     from hwnas.exporting import resolve_arch
     from hwnas.latency.lookup import load_layers, recorded_layers
@@ -383,11 +416,14 @@ def join(study: str, *, storage: str | None = None, runs="runs", progress=None):
     else:
         raise ValueError(f"--study {study}: not a run directory (no config.json); give the run directory, or "
                          f"--storage URL with the study's name")
+    cfg.engine = "local"
     layers = recorded_layers(cfg)
     table = load_layers(layers) if layers else None
     handler = _log_file(run_dir / "log.txt")
     try:
-        summary = run_selection(cfg, run_dir, table=table, progress=progress)
+        summary = run_selection(cfg, run_dir, table=table, progress=progress, claims=claims)
+        if claims is not None:
+            return summary
     finally:
         logging.getLogger("hwnas").removeHandler(handler)
         handler.close()

@@ -159,9 +159,12 @@ def trial_rows(trials) -> list[dict]:
 
 
 def run_worker(study, selector, evaluator, run_dir, n_trials: int, *, seed: int = 0, latency=None,
-               heartbeat: float = 10.0, poll: float = 1.0, progress=None, max_tries: int | None = None) -> list[dict]:
+               heartbeat: float = 10.0, poll: float = 1.0, progress=None, max_tries: int | None = None,
+               claims: int | None = None) -> list[dict]:
     """One worker's loop on ``study`` (see the module docstring) until ``n_trials`` trials are complete,
-    or the selector runs dry with nothing running; returns the merged rows."""
+    or the selector runs dry with nothing running; returns the merged rows. ``claims=K`` (a Ray task,
+    ``hwnas.selection.ray_engine``): return the rows of the trials it evaluated after K of them, or at once
+    when there is nothing to claim, instead of waiting for the other workers."""
     from optuna.trial import TrialState
 
     run_dir = Path(run_dir)
@@ -169,7 +172,7 @@ def run_worker(study, selector, evaluator, run_dir, n_trials: int, *, seed: int 
     own = run_dir / "workers" / f"{WORKER.replace(':', '-')}.jsonl"
     told: set[int] = set()
     max_tries = 50 * n_trials if max_tries is None else int(max_tries)
-    tries, dry, waiting_logged = 0, False, False
+    tries, dry, waiting_logged, mine = 0, False, False, []
     with open(own, "a", encoding="utf-8") as f:
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -186,6 +189,8 @@ def run_worker(study, selector, evaluator, run_dir, n_trials: int, *, seed: int 
             if len(done) >= n_trials or ((dry or tries >= max_tries) and not running):
                 break
             if len(done) + len(running) >= n_trials or dry or tries >= max_tries:
+                if claims is not None:
+                    break
                 if not waiting_logged:
                     log.info("waiting for %d running trial(s) of other workers", len(running))
                     waiting_logged = True
@@ -220,6 +225,11 @@ def run_worker(study, selector, evaluator, run_dir, n_trials: int, *, seed: int 
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+            mine.append(row)
+            if claims is not None and len(mine) >= claims:
+                break
+    if claims is not None:
+        return mine
     if dry and len(done) < n_trials:
         log.info("the selector has nothing more to propose after %d trials", len(done))
     elif tries >= max_tries and len(done) < n_trials:
