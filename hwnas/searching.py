@@ -262,6 +262,8 @@ class Search:
         t0, losses, correct, seen, arch_metrics = time.perf_counter(), [], 0, 0, []
         if s.on_epoch_start(self.epoch):
             log.info("%s replaced its supernet at epoch %d: new weight optimizer", cfg.method, self.epoch + 1)
+            if self.dist.active:  # the new stage's parameters drawn on each rank: take rank 0's
+                s.load_state_dict(self.dist.broadcast(cpu_state(s.state_dict())))
             self._distribute()
             self._make_weight_optimizer()
         s.supernet.train()
