@@ -62,10 +62,11 @@ class Distributed:
     def from_env(cls, device: str | torch.device) -> "Distributed":
         """The launch torchrun describes in the environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), its
         process group initialized (gloo for CPU, nccl for CUDA; each rank on ``cuda:LOCAL_RANK``); a single
-        process when ``WORLD_SIZE`` is unset or 1."""
+        process when torchrun did not launch this one. A torchrun launch of one process is a group of one
+        (DDP, the collectives and the checks run as they do on N ranks: a 1-GPU node checks the nccl path)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         device = torch.device(device)
-        if world <= 1:
+        if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
             return cls(device=device)
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
@@ -86,7 +87,7 @@ class Distributed:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -166,12 +167,14 @@ class Distributed:
                                                    broadcast_buffers=True)
 
     def shard(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-        """``loader`` with each batch cut to this rank's contiguous slice (``RankSlices``)."""
+        """``loader`` with each batch cut to this rank's contiguous slice (``RankSlices``). Its generator goes
+        along: each epoch's iterator draws its base seed from it before the sampler draws the shuffle, so
+        without it the shuffles would differ from one process's."""
         if not self.active:
             return loader
         return torch.utils.data.DataLoader(loader.dataset, batch_sampler=RankSlices(loader.batch_sampler, self.rank,
                                            self.world_size), num_workers=loader.num_workers,
-                                           pin_memory=loader.pin_memory,
+                                           pin_memory=loader.pin_memory, generator=loader.generator,
                                            persistent_workers=loader.num_workers > 0)
 
 
@@ -203,7 +206,7 @@ class RankSlices:
             yield list(batch)[self.rank * n:(self.rank + 1) * n]
 
     def __len__(self) -> int:
-        return sum(1 for _ in range(len(self.batch_sampler)))  # upper bound; the last batch may be dropped
+        return len(self.batch_sampler)  # an upper bound: the last batch may be dropped
 
 
 @contextmanager
@@ -248,10 +251,10 @@ def cross_rank_batch_norm(x: torch.Tensor, running_mean, running_var, weight, bi
 
 
 def syncs(x: torch.Tensor, training: bool) -> bool:
-    """Whether a training-mode BN forward synchronizes: a process group of several ranks and a graph being
-    built (BN recalibration and ENAS's reward run under ``no_grad`` on one rank's batches)."""
-    return training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() \
-        and dist.get_world_size() > 1
+    """Whether a training-mode BN forward synchronizes: a process group (of one rank too: torchrun on one
+    GPU runs the path N GPUs run) and a graph being built (BN recalibration and ENAS's reward run under
+    ``no_grad`` on one rank's batches)."""
+    return training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()
 
 
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
