@@ -11,7 +11,7 @@
 #   bench.json     pytest-benchmark JSON (copy it to bench/results/<gpu>/ to keep it)
 #   bench.log      the benchmark run's console output
 #   SUMMARY.md     bench/summarize.py of bench.json, with % of the copy bandwidth
-# Stage time limits (seconds): TEST_TIMEOUT (300), BENCH_TIMEOUT (420). Exit status: 0 only if the
+# Stage time limits (seconds): TEST_TIMEOUT (300), BENCH_TIMEOUT (420); BENCH_K selects benchmarks (pytest -k). Exit status: 0 only if the
 # tests and the benchmarks passed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -92,7 +92,7 @@ print(f"copy bandwidth: {res['GB/s']:.0f} GB/s (read + write), median of 20 copi
 EOF
 
 echo "== benchmarks"
-timeout "${BENCH_TIMEOUT:-420}" "$PY" -m pytest "$ROOT/bench" --rootdir "$ROOT" -q -p no:cacheprovider \
+timeout "${BENCH_TIMEOUT:-420}" "$PY" -m pytest "$ROOT/bench" --rootdir "$ROOT" -q -p no:cacheprovider ${BENCH_K:+-k "$BENCH_K"} \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,iqr,ops 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 
