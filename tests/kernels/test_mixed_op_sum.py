@@ -34,7 +34,7 @@ def _run(cands, weights, g, *, stacked=False):
         inputs = [t for t in (*cands, weights) if t.requires_grad]
     ref = mixed_op_sum_reference(ref_cands, ref_w)
     ref_inputs = [t for t in (*ref_cands, ref_w) if t.requires_grad]
-    grads = torch.autograd.grad(out, inputs, g.to(out.dtype)) if inputs else ()
+    grads = torch.autograd.grad(out, inputs, g.to(device=out.device, dtype=out.dtype)) if inputs else ()
     ref_grads = torch.autograd.grad(ref, ref_inputs, g.to(out.dtype).double().cpu()) if ref_inputs else ()
     if stacked and cands[0].requires_grad:
         grads = (*grads[0].unbind(0), *grads[1:])
