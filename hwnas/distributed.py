@@ -21,7 +21,8 @@ What every rank must agree on, and how (``../shared/notes/scale-anchors.md``, "D
   running statistics are then equal on every rank (DDP's ``broadcast_buffers`` also copies rank 0's).
   ``torch.nn.SyncBatchNorm`` runs on GPUs only and synchronizes in every training-mode forward, even under
   ``no_grad``, where a rank-0-only BN recalibration would wait forever; this one synchronizes only in a
-  forward that builds a graph.
+  forward that builds a graph. One-Shot's ghost BN normalizes each rank's ghost batches locally and updates
+  its running statistics from every rank's (``CrossRankGhostBatchNorm2d``).
 - **The data**: each global batch (``--batch-size`` is global) is cut into N contiguous slices, one per rank
   (``RankSlices``), from one shuffle seeded alike on every rank, so the union of the ranks' batches at a step
   is the batch one process would take.
@@ -272,11 +273,15 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Make every plain ``nn.BatchNorm2d`` in ``module`` a ``CrossRankBatchNorm2d`` (in place: same tensors,
-    same state dict). Subclasses with a normalization of their own (ghost BN) stay as they are."""
+    """Make every plain ``nn.BatchNorm2d`` in ``module`` a ``CrossRankBatchNorm2d`` and every ghost BN a
+    ``CrossRankGhostBatchNorm2d`` (in place: same tensors, same state dict)."""
+    from hwnas.mixed.ghost_bn import CrossRankGhostBatchNorm2d, GhostBatchNorm2d
+
     for m in module.modules():
         if type(m) is nn.BatchNorm2d:
             m.__class__ = CrossRankBatchNorm2d
+        elif type(m) is GhostBatchNorm2d:
+            m.__class__ = CrossRankGhostBatchNorm2d
     return module
 
 

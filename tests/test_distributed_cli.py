@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_cli import FAST, run
 
 
@@ -29,3 +31,38 @@ def test_torchrun_two_ranks_search_then_export(tmp_path, monkeypatch, capsys):
     code, out, err = run(capsys, "export", "--onnx", "--tables", "tables", "--iterations", "5")
     assert code == 0, err
     assert "onnx.checker ok" in out and json.loads((runs[0] / "export.json").read_text())["rel_diff"] <= 1e-4
+
+
+def _torchrun_search(tmp_path, *argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HWNAS_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "hwnas", "search", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_pdarts_stays_consistent_across_its_stage_changes(tmp_path):
+    """P-DARTS builds a new supernet at each stage: the per-epoch check would stop a run whose ranks drew the
+    new stage's parameters each on their own (about 40 s)."""
+    from tests.test_cli_darts import TINY
+
+    p = _torchrun_search(tmp_path, "--method", "pdarts", "--no-latency", *TINY, "--opt", "depths=[3,3,4]")
+    assert p.returncode == 0, p.stdout + p.stderr
+    log = next((tmp_path / "runs").iterdir()).joinpath("log.txt").read_text()
+    assert log.count("replaced its supernet") == 2 and "torchrun: 2 ranks (gloo)" in log, log
+    assert "derived genotype" in p.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_oneshot_with_ghost_batchnorm(tmp_path, monkeypatch, capsys):
+    """One-Shot's ghost BN gathers its running statistics from both ranks (the per-epoch check stopped it at
+    epoch 1 before); then the selection on rank 0 and a derivation within the target (about a minute)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "profile", "--device", "cpu", "--backend", "torch", "--width-mult", "0.25",
+                         "--warmup", "1", "--iterations", "3", "--rounds", "2", "--network-sets", "2", "--out", "tables")
+    assert code == 0, err
+    p = _torchrun_search(tmp_path, "--method", "oneshot", "--latency-target", "50%", "--epochs", "2",
+                         "--batch-size", "128", "--opt", "samples=10", *FAST)
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    assert summary["ranks"] == 2 and 0.9 * summary["target_ms"] <= summary["predicted_latency_ms"] <= summary["target_ms"]

@@ -11,7 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
+
+from hwnas.distributed import cross_rank_batch_norm, syncs
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -26,6 +30,46 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         parts = x.tensor_split(math.ceil(x.shape[0] / self.ghost_size), dim=0)
         return torch.cat([super(GhostBatchNorm2d, self).forward(p) for p in parts], dim=0)
+
+
+class CrossRankGhostBatchNorm2d(GhostBatchNorm2d):
+    """Ghost batch norm (One-Shot's) on N ranks, the same steps as one process on
+    the global batch. Ghost batches normalize on their own, so each rank cuts its slice into
+    ``ceil(b / ghost_size)`` ghost batches and normalizes them with no communication; the running statistics,
+    which one process updates once per ghost batch in order, are updated here from every rank's ghost-batch
+    statistics (all-gathered, in rank order: the order of the contiguous slices), so they are equal on every
+    rank and equal to one process's. A global batch of at most ``ghost_size`` is one batch, normalized across
+    the ranks (``cross_rank_batch_norm``), as one process does. Exact when each rank's slice is a multiple of
+    ``ghost_size`` (or the global batch is at most one): otherwise one process's ``tensor_split`` of the
+    global batch puts the ghost boundaries elsewhere than the ranks' slices do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not syncs(x, self.training):
+            return super().forward(x)
+        world = dist.get_world_size()
+        track = self.track_running_stats and self.running_mean is not None
+
+        def factor() -> float:
+            self.num_batches_tracked.add_(1)
+            return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+        if x.shape[0] * world <= self.ghost_size:
+            return cross_rank_batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                                         self.weight, self.bias, factor() if track else 0.0, self.eps)
+        parts = x.tensor_split(math.ceil(x.shape[0] / self.ghost_size), dim=0)
+        out = torch.cat([F.batch_norm(p, None, None, self.weight, self.bias, True, 0.0, self.eps) for p in parts])
+        if track:
+            dims = [0] + list(range(2, x.dim()))
+            with torch.no_grad():
+                local = torch.stack([torch.cat([p.mean(dims), p.var(dims, unbiased=True)]) for p in parts])
+                gathered = [torch.empty_like(local) for _ in range(world)]
+                dist.all_gather(gathered, local.contiguous())
+                c = x.shape[1]
+                for stat in torch.cat(gathered):
+                    f = factor()
+                    self.running_mean.mul_(1 - f).add_(f * stat[:c].to(self.running_mean.dtype))
+                    self.running_var.mul_(1 - f).add_(f * stat[c:].to(self.running_var.dtype))
+        return out
 
 
 def ghost_batch_norm(module: nn.Module, ghost_size: int) -> int:
