@@ -35,8 +35,10 @@ gloo on CPU, nccl on CUDA (each rank on ``cuda:LOCAL_RANK``).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import warnings
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -164,8 +166,9 @@ class Distributed:
         runs; a globally unused parameter keeps ``grad = None``, so SGD leaves it alone as in one process)."""
         convert_batchnorm(supernet)
         ids = [self.device.index] if self.device is not None and self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(supernet, device_ids=ids, find_unused_parameters=True,
-                                                   broadcast_buffers=True)
+        ddp = nn.parallel.DistributedDataParallel
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+        return ddp(supernet, device_ids=ids, find_unused_parameters=True, **{sync: True})
 
     def shard(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
         """``loader`` with each batch cut to this rank's contiguous slice (``RankSlices``). Its generator goes
@@ -236,7 +239,9 @@ def cross_rank_batch_norm(x: torch.Tensor, running_mean, running_var, weight, bi
     shift = running_mean.detach().to(x.dtype) if running_mean is not None else x.new_zeros(c)
     xs = x - shift.view(shape)
     count = x.new_tensor([x.numel() / c])
-    stats = all_reduce(torch.cat([xs.sum(dims), (xs * xs).sum(dims), count]), group=group or dist.group.WORLD)
+    with warnings.catch_warnings():  # deprecated in torch 2.14 for a private module; still the differentiable one
+        warnings.simplefilter("ignore", FutureWarning)
+        stats = all_reduce(torch.cat([xs.sum(dims), (xs * xs).sum(dims), count]), group=group or dist.group.WORLD)
     n = stats[-1].detach()
     m1, m2 = stats[:c] / n, stats[c:2 * c] / n
     var = (m2 - m1 * m1).clamp_min(0)

@@ -2,6 +2,7 @@
 one run directory, written by rank 0, an architecture within the target, then ``hwnas export``."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -65,4 +66,33 @@ def test_torchrun_two_ranks_oneshot_with_ghost_batchnorm(tmp_path, monkeypatch, 
                          "--batch-size", "128", "--opt", "samples=10", *FAST)
     assert p.returncode == 0, p.stdout + p.stderr
     summary = json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    assert summary["ranks"] == 2 and 0.9 * summary["target_ms"] <= summary["predicted_latency_ms"] <= summary["target_ms"]
+
+
+def test_torchrun_two_nodes_with_no_shared_disk(tmp_path, monkeypatch, capsys):
+    """torchrun's multi-node flags, as on two machines: two launch agents (``--nnodes 2 --node-rank R``, one
+    process each, so both ranks have LOCAL_RANK 0) in two working directories. Node 1 has no latency table
+    and writes nothing; node 0 holds the one run directory (about 40 s)."""
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    node0.mkdir(), node1.mkdir()
+    monkeypatch.chdir(node0)
+    code, out, err = run(capsys, "profile", "--device", "cpu", "--backend", "torch", "--width-mult", "0.25",
+                         "--warmup", "1", "--iterations", "3", "--rounds", "2", "--network-sets", "2", "--out", "tables")
+    assert code == 0, err
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HWNAS_PROGRESS": "0"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+                                "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc-per-node", "1",
+                                "-m", "hwnas", "search", "--method", "proxyless", "--latency-target", "50%",
+                                "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "128", *FAST],
+                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for r, cwd in enumerate([node0, node1])]
+    outs = [a.communicate(timeout=600)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outs
+    assert list(node1.iterdir()) == []  # the second node needed no table and wrote nothing
+    runs = list((node0 / "runs").iterdir())
+    assert len(runs) == 1 and outs[0].count("derived architecture: proxyless[") == 1
+    summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["ranks"] == 2 and 0.9 * summary["target_ms"] <= summary["predicted_latency_ms"] <= summary["target_ms"]
