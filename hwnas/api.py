@@ -183,8 +183,8 @@ def search(method: str = "proxyless", *, space: str | None = None, latency_targe
 def worker(study: str | os.PathLike, *, storage: str | None = None, runs: str | os.PathLike = "runs",
            trial_progress=None) -> SearchResult:
     """Join a parallel multi-trial search as one more worker (``hwnas worker``): ``study`` is its run
-    directory, or its name in ``storage`` (``hwnas.selection.run.join``)."""
-    from hwnas.selection.run import join
+    directory, or its name in ``storage`` (``hwnas.selection.parallel.join``)."""
+    from hwnas.selection.parallel import join
 
     return join(str(study), storage=storage, runs=runs, progress=trial_progress)
 

@@ -28,11 +28,11 @@ log = logging.getLogger("hwnas.selection")
 
 
 def _trial(run_dir: str, study: str, storage: str) -> list[dict]:
-    """The body of one Ray task: one worker, one trial (``hwnas.selection.run.join(..., claims=1)``)."""
+    """The body of one Ray task: one worker, one trial (``hwnas.selection.parallel.join(..., claims=1)``)."""
     import os
 
     os.environ.setdefault("HWNAS_PROGRESS", "0")
-    from hwnas.selection.run import join
+    from hwnas.selection.parallel import join
 
     if (Path(run_dir) / "config.json").exists():
         return join(run_dir, storage=storage, claims=1)
@@ -86,6 +86,7 @@ def run_on_ray(study, cfg, run_dir: Path, progress=None, poll: float = 1.0) -> l
              cfg.trial_gpus, cpus)
     pending: list = []
     draining = False  # the selector ran dry: submit nothing more, let the tasks in flight end
+    idle = False  # a task that returned last round had nothing to claim
     try:
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -94,6 +95,13 @@ def run_on_ray(study, cfg, run_dir: Path, progress=None, poll: float = 1.0) -> l
             done = completed(trials)
             if progress is not None:
                 progress(len(done), cfg.trials)
+            if idle and not draining and len(done) < cfg.trials:
+                if any(t.state.name == "RUNNING" for t in trials):
+                    idle = False
+                    time.sleep(poll)  # the running trials hold the rest: look again before submitting more
+                    continue
+                log.info("the selector has nothing more to propose after %d trials", len(done))
+                draining = True
             if len(done) >= cfg.trials or (draining and not pending):
                 break
             while not draining and len(pending) < workers:
@@ -110,14 +118,8 @@ def run_on_ray(study, cfg, run_dir: Path, progress=None, poll: float = 1.0) -> l
                     cause = e.cause if getattr(e, "cause", None) is not None else e
                     raise ValueError(f"a trial failed on Ray: {type(cause).__name__}: "
                                      f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}") from None
-            if idle and not draining:
-                trials = study.get_trials(deepcopy=False)
-                if not [t for t in trials if t.state.name == "RUNNING"] and len(completed(trials)) < cfg.trials:
-                    log.info("the selector has nothing more to propose after %d trials", len(completed(trials)))
-                    draining = True
-                else:
-                    time.sleep(poll)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+    # read again: a task just cancelled, or a worker beside the tasks, may have completed a trial since
     return trial_rows(study.get_trials(deepcopy=False))

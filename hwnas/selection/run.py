@@ -4,6 +4,7 @@ The selector (``SELECTORS``) proposes, the evaluator scores, ``run_trials`` reco
 end the most accurate trial predicted within the target is the run's ``arch.json`` (for ``hwnas train`` and
 ``hwnas export``), with ``summary.json`` and a best-so-far plot. ``config.json`` holds everything a resume
 needs: ``hwnas search --resume RUN`` rebuilds the selector and evaluator from it and replays the trials.
+With ``--storage`` or ``--workers`` the run's processes are workers on one study (``hwnas.selection.parallel``).
 
 Evaluators: ``train`` trains each candidate from scratch for ``trial_epochs`` (the ``hwnas train`` recipe,
 validation accuracy); ``supernet`` scores each as a path of the trained supernet of the one-shot run
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,7 +148,8 @@ def selection_inputs(cfg: SelectionConfig, run_dir: Path, table=None):
     return space, deploy, latency, target, evaluator
 
 
-def _selector(cfg: SelectionConfig, space, deploy, latency, window, seed: int):
+def make_selector(cfg: SelectionConfig, space, deploy, latency, window, seed: int):
+    """The selector of ``cfg.method`` seeded with ``seed``, its budget defaults recorded in ``cfg.options``."""
     from hwnas.selection.selector import get_selector
 
     cls = get_selector(cfg.method)
@@ -163,7 +164,8 @@ def _window(target):
     return (target.lower_ms, target.target_ms) if target.target_ms is not None and target.binds else None
 
 
-def _write_config(cfg: SelectionConfig, run_dir: Path, deploy, target, window) -> dict:
+def write_config(cfg: SelectionConfig, run_dir: Path, deploy, target, window) -> dict:
+    """The run's ``config.json`` record (written unless the run already has one, as a resumed run does)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
     record = {**asdict(cfg), "kind": "selection", "deploy_config": deploy, "target_ms": target.target_ms,
@@ -174,13 +176,14 @@ def _write_config(cfg: SelectionConfig, run_dir: Path, deploy, target, window) -
 
 
 def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, progress=None, spawn: int = 0,
-                  claims: int | None = None):
+                  claims: int | None = None, storage=None):
     """Run (or resume) the multi-trial search ``cfg`` into ``run_dir``; returns its summary. ``table`` is a
     LatencyTable or the search's table callback ``(space, deploy_config)`` (ignored with ``supernet``, which
     uses its run's). With ``cfg.storage`` this process is one worker on the shared study
-    (``hwnas.selection.workers``) and starts ``spawn`` more beside it (``hwnas worker`` processes, their
+    (``hwnas.selection.parallel``) and starts ``spawn`` more beside it (``hwnas worker`` processes, their
     output in ``RUN/workers/spawned-<i>.log``); with ``cfg.engine == "ray"`` it dispatches the trials as Ray
-    tasks instead. ``claims=K``: evaluate K trials as one worker and return their rows (a Ray task's body)."""
+    tasks instead. ``claims=K``: evaluate K trials as one worker and return their rows (a Ray task's body).
+    ``storage``: ``cfg.storage`` already opened by the caller, so that the process opens it once."""
     from hwnas.selection.loop import run_trials
 
     cfg.validate()
@@ -189,72 +192,17 @@ def run_selection(cfg: SelectionConfig, run_dir: str | os.PathLike, table=None, 
     space, deploy, latency, target, evaluator = selection_inputs(cfg, run_dir, table)
     window = _window(target)
     if cfg.storage:
-        return _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn,
-                           claims)
-    selector = _selector(cfg, space, deploy, latency, window, cfg.seed)
-    _write_config(cfg, run_dir, deploy, target, window)
+        from hwnas.selection.parallel import run_as_worker
+
+        return run_as_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started,
+                             spawn=spawn, claims=claims, storage=storage)
+    selector = make_selector(cfg, space, deploy, latency, window, cfg.seed)
+    write_config(cfg, run_dir, deploy, target, window)
     log.info("%s", target.describe(space.name, window=False))
     log.info("%s search, %d trials scored by %s%s", cfg.method, cfg.trials, cfg.evaluator,
              f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
     trials = run_trials(selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency, progress=progress)
     return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
-
-
-def _run_worker(cfg, run_dir, space, deploy, latency, target, window, evaluator, progress, started, spawn=0,
-                claims=None):
-    from hwnas.selection.loop import WORKER
-    from hwnas.selection.storage import open_storage, redact
-    from hwnas.selection.workers import create_study, run_worker, worker_seed
-
-    selector = _selector(cfg, space, deploy, latency, window, worker_seed(cfg.seed))
-    storage = open_storage(cfg.storage)
-    cfg.study = cfg.study or run_dir.name
-    record = _write_config(cfg, run_dir, deploy, target, window)
-    study = create_study(storage, cfg.study, record)
-    if claims is not None:  # a Ray task: one more worker for K trials, the driver finishes the run
-        return run_worker(study, selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency,
-                          heartbeat=cfg.heartbeat, claims=claims)
-    log.info("%s", target.describe(space.name, window=False))
-    log.info("worker %s on study %s in %s: %s, %d trials in all, scored by %s%s", WORKER, cfg.study,
-             redact(cfg.storage), cfg.method, cfg.trials, cfg.evaluator,
-             f"; every candidate predicted within {window[1]:.3f} ms" if window else "")
-    if cfg.engine == "ray":
-        from hwnas.selection.ray_engine import run_on_ray
-
-        trials = run_on_ray(study, cfg, run_dir, progress=progress)
-        atomic_write_text(run_dir / "trials.jsonl", "".join(json.dumps(t) + "\n" for t in trials))
-        return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
-    children = _spawn_workers(run_dir, spawn)
-    try:
-        trials = run_worker(study, selector, evaluator, run_dir, cfg.trials, seed=cfg.seed, latency=latency,
-                            heartbeat=cfg.heartbeat, progress=progress)
-    except BaseException:
-        for child, _ in children:  # Ctrl-C or an error here: the others stop too (their trials marked failed)
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        raise
-    for child, out in children:
-        if child.wait() != 0:
-            log.warning("worker %d exited with %d (see %s)", child.pid, child.returncode, out)
-    atomic_write_text(run_dir / "trials.jsonl", "".join(json.dumps(t) + "\n" for t in trials))
-    return finish_selection(cfg, run_dir, trials, space, deploy, target, window, started)
-
-
-def _spawn_workers(run_dir: Path, n: int) -> list:
-    """Start ``n`` ``hwnas worker --study RUN`` processes on this machine (the study already exists)."""
-    import subprocess
-    import sys
-
-    children = []
-    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        out = run_dir / "workers" / f"spawned-{i + 1}.log"
-        with open(out, "ab") as f:
-            child = subprocess.Popen([sys.executable, "-m", "hwnas", "worker", "--study", str(run_dir)],
-                                     stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HWNAS_PROGRESS": "0"})
-        children.append((child, out))
-        log.info("started worker process %d (output: %s)", child.pid, out)
-    return children
 
 
 def finish_selection(cfg: SelectionConfig, run_dir: Path, trials: list[dict], space, deploy, target, window,
@@ -335,6 +283,7 @@ def select(method, *, space, latency_target, data, data_root, config, options, s
     from hwnas.latency.lookup import load_layers, recorded_layers
     from hwnas.runs import new_run_dir
 
+    opened = None
     if resume:
         run_dir = Path(resume)
         cfg = load_selection_config(run_dir)
@@ -360,7 +309,7 @@ def select(method, *, space, latency_target, data, data_root, config, options, s
         elif cfg.storage:
             from hwnas.selection.storage import open_storage
 
-            open_storage(cfg.storage)  # a storage that cannot be reached fails here, before anything is written
+            opened = open_storage(cfg.storage)  # an unreachable storage fails here, before anything is written
         if cfg.engine == "ray":
             from hwnas.selection.ray_engine import check_ray
 
@@ -371,59 +320,7 @@ def select(method, *, space, latency_target, data, data_root, config, options, s
     handler = _log_file(run_dir / "log.txt")
     try:
         spawn = int(workers or 1) - 1 if cfg.engine == "local" else 0
-        summary = run_selection(cfg, run_dir, table=table, progress=progress, spawn=spawn)
-    finally:
-        logging.getLogger("hwnas").removeHandler(handler)
-        handler.close()
-    arch = resolve_arch(str(run_dir)).arch
-    return SearchResult(run_dir, arch, summary, cfg, arch.space_obj)
-
-
-def join(study: str, *, storage: str | None = None, runs="runs", progress=None, claims: int | None = None):
-    """One more worker on a parallel multi-trial search (``hwnas worker``): ``study`` is the run directory
-    (on a filesystem this machine shares; ``storage`` overrides the URL it recorded, e.g. a journal mounted
-    at another path) or, with ``storage``, the study's name, the run's files then written to
-    ``runs/<name>``. Returns the search's result once the study holds its trials; with ``claims=K`` (a Ray
-    task) the rows of the K trials it evaluated. A joining worker evaluates here, whatever the run's engine."""
-    from hwnas.api import SearchResult, _log_file
-    from hwnas.exporting import resolve_arch
-    from hwnas.latency.lookup import load_layers, recorded_layers
-
-    path = Path(study)
-    if (path / "config.json").exists():
-        run_dir = path
-        if not is_selection_run(run_dir):
-            raise ValueError(f"--study {run_dir}: a one-shot search; workers join multi-trial searches")
-        cfg = load_selection_config(run_dir)
-        if storage:
-            cfg.storage = storage
-        if not cfg.storage:
-            raise ValueError(f"--study {run_dir}: a sequential search (started without --storage or --workers); "
-                             f"resume it with hwnas search --resume {run_dir}")
-    elif storage:
-        from hwnas.selection.storage import open_storage
-        from hwnas.selection.workers import load_study
-
-        record = load_study(open_storage(storage), str(study)).user_attrs.get("hwnas_config")
-        if not isinstance(record, dict):
-            raise ValueError(f"study {study!r} in {storage} was not started by hwnas search (no config)")
-        run_dir = Path(runs) / str(study)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.json").exists():
-            atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
-        cfg = load_selection_config(run_dir)
-        cfg.storage = storage
-    else:
-        raise ValueError(f"--study {study}: not a run directory (no config.json); give the run directory, or "
-                         f"--storage URL with the study's name")
-    cfg.engine = "local"
-    layers = recorded_layers(cfg)
-    table = load_layers(layers) if layers else None
-    handler = _log_file(run_dir / "log.txt")
-    try:
-        summary = run_selection(cfg, run_dir, table=table, progress=progress, claims=claims)
-        if claims is not None:
-            return summary
+        summary = run_selection(cfg, run_dir, table=table, progress=progress, spawn=spawn, storage=opened)
     finally:
         logging.getLogger("hwnas").removeHandler(handler)
         handler.close()

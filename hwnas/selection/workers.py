@@ -107,10 +107,17 @@ class _Heartbeat:
         self.thread.join()
 
 
+def _finished_error() -> type[Exception]:
+    """Optuna's error for an update of a trial that is already finished, imported late as all of Optuna is
+    here: importing this module does not import Optuna."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    return UpdateFinishedTrialError
+
+
 def fail_stale(study, trials, heartbeat: float, now: float | None = None) -> list[int]:
     """Mark FAIL every RUNNING trial whose heartbeat is older than ``GRACE_BEATS x heartbeat`` seconds;
     returns their numbers."""
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     now, grace, failed = time.time() if now is None else now, GRACE_BEATS * float(heartbeat), []
@@ -128,7 +135,7 @@ def fail_stale(study, trials, heartbeat: float, now: float | None = None) -> lis
                 failed.append(t.number)
                 log.warning("trial %d (worker %s) had no heartbeat for %.0f s: marked failed, its architecture "
                             "goes back to the queue", t.number, t.user_attrs.get("worker"), now - beat)
-        except UpdateFinishedTrialError:
+        except _finished_error():
             pass  # it finished (or another worker failed it) meanwhile
     return failed
 
@@ -285,13 +292,11 @@ def _evaluate(study, trial, layers, evaluator, seed, latency, heartbeat) -> dict
     row = {"study_trial": trial.number, "arch": layers, "seed": trial_seed, "result": result,
            "predicted_ms": predicted, "seconds": round(time.perf_counter() - started, 3),
            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "worker": WORKER}
-    from optuna.exceptions import UpdateFinishedTrialError
-
     try:
         for key in ("seed", "result", "predicted_ms", "seconds"):
             trial.set_user_attr(key, row[key])
         study.tell(trial, float(result["accuracy"]))
-    except (UpdateFinishedTrialError, ValueError):  # another worker failed it for lack of heartbeat meanwhile
+    except (_finished_error(), ValueError):  # another worker failed it for lack of heartbeat meanwhile
         log.warning("trial %d was marked failed by another worker while it ran (heartbeat starved?); it will be "
                     "evaluated again, this result stays only in this worker's log", trial.number)
     return row
