@@ -159,11 +159,11 @@ class Search:
             self.strategy.attach_ddp(self.dist.wrap(self.strategy.supernet))
 
     def _make_weight_optimizer(self) -> None:
-        """SGD on the supernet's weights with a cosine schedule to the end of the run (made again when a
-        strategy replaces its supernet, e.g. P-DARTS's next stage: the schedule then spans the epochs left)."""
+        """The strategy's weight optimizer (SGD unless its paper says otherwise) with a cosine schedule to the end
+        of the run (made again when a strategy replaces its supernet, e.g. P-DARTS's next stage: the schedule
+        then spans the epochs left)."""
         cfg = self.cfg
-        self.w_opt = torch.optim.SGD(self.strategy.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay, nesterov=True)
+        self.w_opt = self.strategy.make_weight_optimizer(cfg.lr, cfg.momentum, cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=max(1, cfg.epochs - getattr(self, "epoch", 0)))
 
     # -- run directory -------------------------------------------------------------------------

@@ -17,6 +17,8 @@ PAIRS = [(m, s) for m in sorted(STRATEGIES) for s in sorted(SPACES)]
 
 def allowed(method: str, space: str) -> bool:
     cls, caps = STRATEGIES[method], SPACES[space].capabilities
+    if cls.spaces is not None:  # smash, pdarts, ...: the spaces they name
+        return space in cls.spaces
     if issubclass(cls, SamplingStrategy):  # every space; fairnas needs independent decisions
         return method != "fairnas" or SPACES[space].decision_groups() is None
     if cls.spaces is None:

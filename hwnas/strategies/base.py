@@ -142,6 +142,12 @@ class Strategy(nn.Module, metaclass=ABCMeta):
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.supernet.parameters())
 
+    def make_weight_optimizer(self, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer of the weight steps, given the loop's ``--lr``, momentum and weight decay: SGD with
+        Nesterov momentum (a method whose paper trains its weights otherwise overrides this: SMASH)."""
+        return torch.optim.SGD(self.weight_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=True)
+
     # -- more than one process (hwnas.distributed) ------------------------------------------------------
     #: the torchrun process group the loop runs in (``hwnas.distributed.Distributed``), None in one process
     distributed = None
