@@ -136,3 +136,16 @@ def test_smash_searches_to_a_path_in_the_window_then_exports_and_ranks(quick_tab
         assert main(["rank", str(r.run_dir), "--archs", "3", "--trial-epochs", "1"]) == 0
         assert "Kendall tau" in capsys.readouterr().out
         assert json.loads((r.run_dir / "rank-trained" / "rank.json").read_text())["archs"] == 3
+
+
+@pytest.mark.slow
+def test_compare_runs_smash_beside_random_search(tmp_path):
+    from hwnas.compare import CompareConfig, compare
+    from tests.test_compare import TINY, table
+
+    cfg = CompareConfig(methods=["smash"], **{**TINY, "warmup_epochs": 0, "random_archs": 1})
+    rows = compare(cfg, tmp_path / "cmp", table)
+    assert [r["entry"] for r in rows] == ["smash", "random-0"]
+    assert rows[0]["step_ms"] > 0 and rows[0]["measured_ms"] > 0 and 0 <= rows[0]["test_acc"] <= 1
+    assert 0.9 * rows[0]["target_ms"] - 1e-9 <= rows[0]["predicted_ms"] <= rows[0]["target_ms"] + 1e-9
+    assert "smash" in (tmp_path / "cmp" / "report.md").read_text()
