@@ -176,9 +176,6 @@ class HyperChainSupernet(ChainSupernet):
         self.generate()
         return super().forward(x)
 
-    def weight_parameters(self):
-        return self.parameters()
-
     @torch.no_grad()
     def child_state_dict(self, tokens: list[str]) -> dict[str, torch.Tensor]:
         for op, t in zip(self.mixed, tokens, strict=True):

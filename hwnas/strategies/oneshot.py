@@ -25,9 +25,8 @@ import torch.nn.functional as F
 
 from hwnas.mixed.ghost_bn import ghost_batch_norm
 from hwnas.mixed.path_dropout import PathDropoutSumOp
-from hwnas.selection.spos_evolution import SPOSEvolution
 from hwnas.strategies.base import register
-from hwnas.strategies.sampling import SamplingStrategy
+from hwnas.strategies.sampling import RandomPathSelection, SamplingStrategy
 
 
 def linear_rate(step: int, total_steps: int, final: float) -> float:
@@ -39,7 +38,7 @@ def linear_rate(step: int, total_steps: int, final: float) -> float:
 
 
 @register
-class OneShot(SamplingStrategy):
+class OneShot(RandomPathSelection, SamplingStrategy):
     name = "oneshot"
     shared_weights = False
     defaults = {"weights": "auto", "calibration_batches": 8, "path_dropout": 0.5, "ghost_size": 16,
@@ -88,11 +87,3 @@ class OneShot(SamplingStrategy):
 
     def epoch_record(self) -> dict:
         return {"path_dropout": round(self.rate, 4)}
-
-    def selection_budget(self) -> int:
-        return int(self.options["samples"])
-
-    def make_selector(self, context):
-        return SPOSEvolution(self.space, self.config, seed=0, latency=context.latency, window=context.window,
-                             population=int(self.options["samples"]), topk=1, iterations=0, mutations=0,
-                             crossovers=0)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from hwnas.mixed.binary_gate import BinaryGatedOp
 from hwnas.mixed.shared_gate import SharedBinaryGatedOp
 from hwnas.mixed.weighted_sum import WeightedSumOp
+from hwnas.selection.spos_evolution import SPOSEvolution
 from hwnas.strategies.base import DeriveContext, Strategy
 
 log = logging.getLogger("hwnas.search")
@@ -167,3 +168,17 @@ class SamplingStrategy(Strategy):
         return list(best["arch"])
 
     selection: dict | None = None
+
+
+class RandomPathSelection:
+    """The selection of One-Shot and SMASH: ``samples`` paths drawn uniformly in the window, the most accurate
+    one chosen (no evolution: a population of ``samples`` and no generations). Mixed in before
+    ``SamplingStrategy``."""
+
+    def selection_budget(self) -> int:
+        return int(self.options["samples"])
+
+    def make_selector(self, context: DeriveContext):
+        return SPOSEvolution(self.space, self.config, seed=0, latency=context.latency, window=context.window,
+                             population=int(self.options["samples"]), topk=1, iterations=0, mutations=0,
+                             crossovers=0)

@@ -26,20 +26,18 @@ from __future__ import annotations
 import torch
 
 from hwnas.mixed.hyper import HyperChainSupernet
-from hwnas.selection.spos_evolution import SPOSEvolution
 from hwnas.strategies.base import register
-from hwnas.strategies.sampling import SELECTION_DEFAULTS, SamplingStrategy
+from hwnas.strategies.sampling import SELECTION_DEFAULTS, RandomPathSelection, SamplingStrategy
 
 HYPER_DEFAULTS = {"block": 4, "z_dim": 16, "hidden": 64}
 OPTIMIZERS = ("adam", "sgd")
 
 
 @register
-class SMASH(SamplingStrategy):
+class SMASH(RandomPathSelection, SamplingStrategy):
     name = "smash"
     spaces = ("proxyless", "spnas")
     defaults = {**SELECTION_DEFAULTS, "samples": 100, **HYPER_DEFAULTS, "optimizer": "adam", "adam_lr": 3e-3}
-    current_arch_label = "reference path"
 
     @classmethod
     def make_supernet(cls, space, config: dict, resolution: int, num_classes: int, **kwargs):
@@ -63,11 +61,3 @@ class SMASH(SamplingStrategy):
         main = [p for p in self.supernet.parameters() if id(p) not in ids]
         return torch.optim.Adam([{"params": main, "weight_decay": 1e-4}, {"params": hyper, "weight_decay": 0.0}],
                                 lr=float(self.options["adam_lr"]), betas=(0.5, 0.999), eps=1e-4)
-
-    def selection_budget(self) -> int:
-        return int(self.options["samples"])
-
-    def make_selector(self, context):
-        return SPOSEvolution(self.space, self.config, seed=0, latency=context.latency, window=context.window,
-                             population=int(self.options["samples"]), topk=1, iterations=0, mutations=0,
-                             crossovers=0)
