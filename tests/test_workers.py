@@ -5,7 +5,9 @@ both workers' ids in the merged view), a worker killed with SIGKILL mid-trial an
 
 Tabular evaluation is instant, so a first worker would finish a small study before a second one has imported
 torch; the process tests make every evaluation sleep (``HWNAS_TEST_EVAL_SLEEP``, a ``sitecustomize`` on the
-children's ``PYTHONPATH``) so that the workers overlap as real evaluations make them."""
+children's ``PYTHONPATH``) so that the workers overlap as real evaluations make them. On a loaded machine the
+second worker can still start after the first has finished the study, so the tests that need every worker to take
+part also hold each worker's first evaluation until all of them have arrived (``HWNAS_TEST_EVAL_BARRIER``)."""
 import json
 import os
 import signal
@@ -32,7 +34,17 @@ import os, time
 if os.environ.get("HWNAS_TEST_EVAL_SLEEP"):
     from hwnas.selection import tabular
     _evaluate = tabular.Tabular.evaluate
+    _waited = []
+    def _barrier():
+        folder, count = os.environ["HWNAS_TEST_EVAL_BARRIER"].rsplit(":", 1)
+        open(os.path.join(folder, str(os.getpid())), "w").close()
+        deadline = time.time() + 240
+        while len(os.listdir(folder)) < int(count) and time.time() < deadline:
+            time.sleep(0.05)
     def evaluate(self, layers, seed):
+        if os.environ.get("HWNAS_TEST_EVAL_BARRIER") and not _waited:
+            _waited.append(1)
+            _barrier()
         time.sleep(float(os.environ["HWNAS_TEST_EVAL_SLEEP"]))
         return _evaluate(self, layers, seed)
     tabular.Tabular.evaluate = evaluate
@@ -53,14 +65,18 @@ def here(tmp_path, monkeypatch, bench_file):
     return tmp_path
 
 
-def slow_env(here, sleep: float) -> dict:
+def slow_env(here, sleep: float, barrier: int = 0) -> dict:
     path = os.pathsep.join([str(here / "site"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {**os.environ, "PYTHONPATH": path, "HWNAS_TEST_EVAL_SLEEP": str(sleep), "HWNAS_PROGRESS": "0",
-            "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": path, "HWNAS_TEST_EVAL_SLEEP": str(sleep), "HWNAS_PROGRESS": "0",
+           "OMP_NUM_THREADS": "1"}
+    if barrier:  # every evaluating process waits for `barrier` of them before its first evaluation
+        (here / "arrived").mkdir(exist_ok=True)
+        env["HWNAS_TEST_EVAL_BARRIER"] = f"{here / 'arrived'}:{barrier}"
+    return env
 
 
-def hwnas(here, sleep: float, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hwnas", *args], cwd=here, env=slow_env(here, sleep),
+def hwnas(here, sleep: float, *args, barrier: int = 0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hwnas", *args], cwd=here, env=slow_env(here, sleep, barrier),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -118,7 +134,7 @@ def test_workers_seed_their_selectors_apart():
 # -- worker processes --------------------------------------------------------------------------------------
 def test_two_workers_complete_the_count_with_no_arch_twice(here):
     p = hwnas(here, 0.25, "search", "--method", "evolution", *TAB, "--trials", "20", "--workers", "2",
-              "--seed", "1")
+              "--seed", "1", barrier=2)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
     run_dir = run_dir_of(here)
@@ -126,7 +142,7 @@ def test_two_workers_complete_the_count_with_no_arch_twice(here):
     assert len(rows) == 20 and [r["trial"] for r in rows] == list(range(20))
     assert len({tuple(r["arch"]) for r in rows}) == 20  # no architecture evaluated twice
     workers = {r["worker"] for r in rows}
-    assert len(workers) == 2, workers
+    assert len(workers) == 2 and len(list((here / "arrived").iterdir())) == 2, workers
     summary = json.loads((run_dir / "summary.json").read_text())
     assert sorted(summary["workers"]) == sorted(workers) and summary["trials"] == 20
     assert summary["predicted_latency_ms"] <= summary["target_ms"]
@@ -219,7 +235,7 @@ def test_workers_belong_to_multi_trial_methods_and_parallel_runs(here, capsys):
 def test_ray_engine_runs_one_trial_per_task_on_the_study(here):
     pytest.importorskip("ray")
     p = hwnas(here, 0.3, "search", "--method", "evolution", *TAB, "--trials", "8", "--engine", "ray", "--workers", "2",
-              "--seed", "3")
+              "--seed", "3", barrier=2)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
     assert "Ray: 2 trial tasks at a time (1 CPU, 0 GPU each)" in out
