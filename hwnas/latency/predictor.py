@@ -74,7 +74,7 @@ class LatencyModel(nn.Module):
         ``CellSpace.expected_latency``; ``edge_weights`` are PC-DARTS's)."""
         if len(probs) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} probability vectors, got {len(probs)}")
-        return self.space.expected_latency(probs, self.layer_ms(), self.fixed_ms, edge_weights)
+        return self.space.expected_latency(probs, self.layer_ms(), self.fixed_ms, edge_weights, config=self.config)
 
     def layer_ms(self) -> list[torch.Tensor]:
         """Every decision's candidate latencies (ms), as buffers."""

@@ -150,9 +150,11 @@ class Space(ABC):
         """Decisions that constrain each other (a cell node's incoming edges), or None (independent)."""
         return None
 
-    def expected_latency(self, probs: list, layer_ms: list, fixed_ms: float, edge_weights=None):
+    def expected_latency(self, probs: list, layer_ms: list, fixed_ms: float, edge_weights=None,
+                         config: dict | None = None):
         """E[LAT] of independent per-decision distributions (ProxylessNAS eq. 5, FBNet eq. 4):
-        ``sum_l sum_i p_{l,i} LAT_{l,i} + LAT_fixed``; differentiable in ``probs``."""
+        ``sum_l sum_i p_{l,i} LAT_{l,i} + LAT_fixed``; differentiable in ``probs``. ``config`` is the space
+        config the latencies belong to (a space whose expectation follows its structure reads it)."""
         total = sum((p * lat.to(p.dtype)).sum() for p, lat in zip(probs, layer_ms, strict=True))
         return total + fixed_ms
 

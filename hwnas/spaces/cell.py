@@ -280,7 +280,8 @@ class CellSpace(Space):
                             signatures=[[self.signatures(e, t, config) for t in e.choices] for e in plan.layers],
                             fixed=[(f.kind, [f.signature]) for f in plan.fixed])
 
-    def expected_latency(self, probs: list, layer_ms: list, fixed_ms: float, edge_weights=None):
+    def expected_latency(self, probs: list, layer_ms: list, fixed_ms: float, edge_weights=None,
+                         config: dict | None = None):
         """E[LAT] of a cell: an edge's op is drawn from its probabilities given that the edge is kept, and a
         node keeps ``KEEP`` of its incoming edges, edge ``e`` with probability ``min(1, KEEP * w_e /
         sum_node w)``, ``w_e = 1 - p_e(none)`` (times PC-DARTS's edge weight when ``edge_weights`` is given).

@@ -1,0 +1,554 @@
+"""The DenseNAS space: densely connected routing blocks that search widths and depths (Fang et al.,
+"Densely Connected Search Space for More Flexible Neural Architecture Search", CVPR 2020, Sec. 3).
+
+The super network is a DAG. Node 0 is the source (the stem and the fixed first block); nodes 1..B are
+routing blocks of increasing widths, each at one stage's resolution. Node ``n`` links to the next
+``reach`` blocks whose resolution is its own or half of it. A block is a *head layer* (the paper's
+shape-alignment layer: MBConv from the incoming block's width, stride 2 where the resolution halves)
+followed by ``layers - 1`` stacked layers at the block's width; every layer chooses among the MBConv
+candidates, and a stacked layer may also be ``skip`` (depth). An architecture is one path from the source
+to the last block (which widths follow which) plus an operation for every layer on it.
+
+Decisions, in the order the network runs::
+
+    route n      for n = 0..B-1: the next block on the path and the head layer's op there, ``to<j>:<op>``
+    block j.l    for j = 1..B, l = 1..layers-1: a stacked layer's op (``skip`` allowed)
+
+A block off the path takes ``-`` for its route and its layers (so that one network has one token list).
+Putting the head op into the route token makes every decision's latency one table row: the row of the
+route token ``to<j>:<op>`` from node ``n`` is the chain row ``op:w_n>w_j:s:r_n`` (``hwnas.spaces.chain``
+signatures), a row for every (block, width in, width out, candidate) the space can produce; ``-`` costs
+nothing. The derived network is a chain (each block on the path a stage of ``layers`` layers), built,
+profiled, exported and trained by ``ChainSpace``.
+
+The chained cost estimation (Sec. 3.3, the backward recursion of the official ``dropped_model.py``)::
+
+    cost_B = stack_B
+    cost_n = stack_n + sum_{(j, o)} q_n(j, o) * (LAT(head o: n -> j) + cost_j)     n = B-1 .. 0
+    E[LAT] = LAT_fixed + cost_0
+
+with ``stack_n = sum_l sum_o p_{n,l}(o) LAT_{n,l}(o)`` the alpha-weighted stacked layers (``stack_0 = 0``)
+and ``q_n(j, o) = softmax(beta_n)_j * softmax(alpha_{head j})_o`` the route token's probability. With one-hot
+weights it is the table sum of the network on the path. The derivation (Sec. 3.4): the Viterbi path of
+the connection weights, then every layer's most probable op; under a latency window the most probable
+(path, ops) whose table sum lies in it, by dynamic programming over the DAG on a latency grid.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from hwnas.spaces.base import Decision, LatencyTerms, Space
+from hwnas.spaces.chain import ArchError, ChainSpace, Part
+from hwnas.spaces.tokens import SKIP, parse_token
+
+OFF = "-"
+CONFIG_KEYS = ("stem", "first", "blocks", "layers", "reach", "head", "resolution", "num_classes", "act",
+               "dropout")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node of the dense super network: 0 the source, then the routing blocks. ``stride`` is the block's
+    head-layer stride relative to the previous node in the list (the resolution schedule)."""
+
+    index: int
+    width: int
+    res: int  # input resolution of the block's stacked layers (its output resolution)
+    successors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Where every node's decisions sit in ``Arch.layers``: ``route[n]`` (None for the last block),
+    ``stack[n]`` (the stacked layers' decision indices; empty for the source) and, per route decision,
+    the successor node of each choice (None for ``-``)."""
+
+    nodes: tuple[Node, ...]
+    route: tuple[int | None, ...]
+    stack: tuple[tuple[int, ...], ...]
+    successor: dict  # decision index -> tuple(successor node or None per choice)
+
+
+class DenseSpace(Space):
+    """The DenseNAS search space (module docstring). ``defaults`` is the MobileNetV2-based space."""
+
+    capabilities = frozenset({"routes"})
+    chained_blocks = True
+    has_notation = False
+
+    def __init__(self, name: str, candidates: tuple[str, ...], defaults: dict, paper: str):
+        self.name, self.candidates, self.defaults, self.paper = name, tuple(candidates), defaults, paper
+        self.chain = ChainSpace(name=f"{name}-child", candidates=self.candidates, skip_where="inner",
+                                defaults=self.chain_defaults(defaults), paper=paper)
+
+    @staticmethod
+    def chain_defaults(cfg: dict) -> dict:
+        """The chain config of the path through every block (each block one layer): its stem, first block,
+        head and classifier are those of every network of the space (the last block is on every path, and
+        every path halves the resolution as often)."""
+        return {"stem": cfg["stem"], "first": cfg["first"], "stages": [dict(b, n=1) for b in cfg["blocks"]],
+                "head": cfg["head"], "width_mult": 1.0, "resolution": cfg["resolution"],
+                "num_classes": cfg["num_classes"], "act": cfg["act"], "pw_at_e1": False, "dropout": cfg["dropout"]}
+
+    # -- config -----------------------------------------------------------------------------
+    def resolve_config(self, config: dict | None = None) -> dict:
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise ArchError(f"space {self.name!r}: unknown config key(s) {unknown}; allowed: {list(CONFIG_KEYS)}")
+        out = copy.deepcopy(self.defaults)
+        out.update(copy.deepcopy(config))
+        _check_config(self.name, out)
+        return out
+
+    def structure(self, config: dict | None = None) -> Structure:
+        return _structure(_key(self.resolve_config(config)), self.candidates)
+
+    def nodes(self, config: dict | None = None) -> tuple[Node, ...]:
+        return self.structure(config).nodes
+
+    def decisions(self, config: dict | None = None) -> tuple[Decision, ...]:
+        return _decisions(_key(self.resolve_config(config)), self.candidates)
+
+    def decision_groups(self) -> list[list[int]] | None:
+        """Not independent: a block's decisions are ``-`` exactly when no route reaches it."""
+        return [[]]
+
+    def check_layers(self, config: dict, layers) -> None:
+        decisions = self.decisions(config)
+        if not isinstance(layers, list):
+            raise ArchError(f"arch layers must be a list of tokens, got {type(layers).__name__}")
+        if len(layers) != len(decisions):
+            raise ArchError(f"arch has {len(layers)} tokens but its {self.name!r} config has {len(decisions)} "
+                            f"decisions (a route per node and {self.resolve_config(config)['layers'] - 1} "
+                            f"stacked layers per block)")
+        for d, t in zip(decisions, layers):
+            if t not in d.choices:
+                raise ArchError(f"{d.name}: token {t!r} is not allowed; allowed: {', '.join(d.choices)}")
+        st = self.structure(config)
+        on = self.path_nodes(config, layers)
+        for n in range(len(st.nodes)):
+            want_off = n not in on
+            tokens = ([layers[st.route[n]]] if st.route[n] is not None else []) + [layers[i] for i in st.stack[n]]
+            bad = [t for t in tokens if (t == OFF) != want_off]
+            if bad:
+                where = "off the path" if want_off else "on the path"
+                need = f"'{OFF}'" if want_off else "a real token"
+                raise ArchError(f"block {n} is {where} (path {'->'.join(map(str, on))}) and needs {need} in "
+                                f"every decision, got {bad[0]!r}")
+
+    def path_nodes(self, config: dict | None, layers: list[str]) -> list[int]:
+        """The nodes the routes of ``layers`` visit, from the source to the last block."""
+        st = self.structure(config)
+        path, n = [0], 0
+        while st.route[n] is not None:
+            i = st.route[n]
+            j = st.successor[i][self.decisions(config)[i].choices.index(layers[i])]
+            if j is None:
+                raise ArchError(f"route {n}: block {n} is on the path but its route is '{OFF}'")
+            path.append(j)
+            n = j
+        return path
+
+    # -- the derived chain ------------------------------------------------------------------------
+    def to_chain(self, layers: list[str], config: dict | None = None) -> tuple[dict, list[str]]:
+        """The chain config (one stage per block on the path, its head layer first) and tokens of the
+        network ``layers`` describe."""
+        cfg = self.resolve_config(config)
+        self.check_layers(cfg, layers)
+        st = self.structure(cfg)
+        path = self.path_nodes(cfg, layers)
+        stages, tokens = [], []
+        for prev, n in zip(path, path[1:]):
+            head = layers[st.route[prev]].split(":", 1)[1]
+            stride = st.nodes[prev].res // st.nodes[n].res
+            stages.append({"c": st.nodes[n].width, "n": cfg["layers"], "s": stride})
+            tokens += [head] + [layers[i] for i in st.stack[n]]
+        chain_cfg = {**self.chain_defaults(cfg), "stages": stages}
+        return chain_cfg, tokens
+
+    def describe(self, layers: list[str]) -> str:
+        cfg = self.resolve_config(None)
+        st = self.structure(cfg)
+        path = self.path_nodes(cfg, layers)
+        parts = []
+        for prev, n in zip(path, path[1:]):
+            ops = [layers[st.route[prev]].split(":", 1)[1]] + [layers[i] for i in st.stack[n]]
+            parts.append(f"{st.nodes[n].width}:{','.join(ops)}")
+        return f"{self.name}[{' '.join(parts)}]"
+
+    def build_child(self, layers: list[str], config: dict, resolution: int | None = None):
+        chain_cfg, tokens = self.to_chain(layers, config)
+        return self.chain.build_child(tokens, chain_cfg, resolution)
+
+    def build_supernet(self, config: dict, mixed_op, resolution: int | None = None, num_classes: int | None = None,
+                       **options):
+        raise NotImplementedError(f"space {self.name!r}: the dense super network is not built yet")
+
+    # -- latency ----------------------------------------------------------------------------
+    def _part(self, cfg: dict, n: int, j: int | None = None) -> Part:
+        """The chain part of node ``n``'s head layer into block ``j``, or (``j`` None) of block ``n``'s
+        stacked layers, at the deploy shape."""
+        nodes = self.structure(cfg).nodes
+        if j is None:
+            return Part("layer", nodes[n].width, nodes[n].width, 1, nodes[n].res)
+        return Part("layer", nodes[n].width, nodes[j].width, nodes[n].res // nodes[j].res, nodes[n].res)
+
+    def token_signature(self, cfg: dict, decision: int, token: str) -> str | None:
+        """The table row of one decision's token (None: costs nothing)."""
+        if token == OFF:
+            return None
+        st = self.structure(cfg)
+        chain_cfg = self.chain_defaults(cfg)
+        for n, r in enumerate(st.route):
+            if r == decision:
+                j, op = token.split(":", 1)
+                return self.chain.signature(self._part(cfg, n, int(j[2:])), op, chain_cfg)
+        n = next(n for n, s in enumerate(st.stack) if decision in s)
+        return self.chain.signature(self._part(cfg, n), token, chain_cfg)
+
+    def latency_terms(self, config: dict) -> LatencyTerms:
+        cfg = self.resolve_config(config)
+        decisions = self.decisions(cfg)
+        keys = lambda s: [s] if s is not None else []  # noqa: E731
+        sigs = [[keys(self.token_signature(cfg, i, t)) for t in d.choices] for i, d in enumerate(decisions)]
+        fixed = self.chain.latency_terms(self.chain_defaults(cfg)).fixed  # stem, first, head, classifier
+        return LatencyTerms(choices=[d.choices for d in decisions], signatures=sigs, fixed=fixed)
+
+    def profiled_blocks(self, config: dict | None = None) -> list[tuple[str, object, tuple[int, ...]]]:
+        """The fixed parts and every (node, successor, head candidate) and (block, stacked candidate)."""
+        from functools import partial
+
+        cfg = self.resolve_config(config)
+        chain_cfg = self.chain_defaults(cfg)
+        plan = self.chain.plan(chain_cfg)
+        items = [(p, None) for p in (plan.stem, plan.first, plan.head, plan.classifier)]
+        st = self.structure(cfg)
+        for n, node in enumerate(st.nodes):
+            items += [(self._part(cfg, n, j), t) for j in node.successors for t in self.candidates]
+            if n:
+                items += [(self._part(cfg, n), t) for t in self.candidates + (SKIP,)]
+        out, seen = [], set()
+        for part, token in items:
+            sig = self.chain.signature(part, token, chain_cfg)
+            if sig is None or sig in seen:
+                continue
+            seen.add(sig)
+            shape = (part.cin,) if part.kind == "classifier" else (part.cin, part.in_res, part.in_res)
+            out.append((sig, partial(self.chain.make_module, part, token, chain_cfg), shape))
+        return out
+
+    def block_positions(self, config: dict, layers: list[str]) -> list[tuple[str, str | None]]:
+        chain_cfg, tokens = self.to_chain(layers, config)
+        return self.chain.block_positions(chain_cfg, tokens)
+
+    def expected_latency(self, probs: list, layer_ms: list, fixed_ms: float, edge_weights=None,
+                         config: dict | None = None):
+        """The chained cost estimation (module docstring): differentiable in ``probs`` (one vector per
+        decision over its choices, ``-`` included; a search gives ``-`` probability 0)."""
+        st = self.structure(config)
+        cost = [None] * len(st.nodes)
+        for n in range(len(st.nodes) - 1, -1, -1):
+            c = sum(((probs[i] * layer_ms[i].to(probs[i].dtype)).sum() for i in st.stack[n]),
+                    torch.zeros((), dtype=torch.float64))
+            r = st.route[n]
+            if r is not None:
+                p, lat = probs[r], layer_ms[r].to(probs[r].dtype)
+                c = c + (p * lat).sum()
+                for k, j in enumerate(st.successor[r]):
+                    if j is not None:
+                        c = c + p[k] * cost[j]
+            cost[n] = c
+        return cost[0] + fixed_ms
+
+    def extremes(self, choices, layer_ms):
+        """The fastest and the slowest network: the shortest and the longest path of the DAG in table ms."""
+        lo = self._best(choices, [-np.asarray(x, float) for x in layer_ms])
+        hi = self._best(choices, [np.asarray(x, float) for x in layer_ms])
+        return lo, hi
+
+    # -- derivation -------------------------------------------------------------------------------
+    def derive(self, choices, log_probs, edge_log_weights=None) -> list[str]:
+        """Sec. 3.4: the Viterbi path of the route (connection) weights alone, then every layer's argmax.
+        A route token's log-probability is ``log beta_j + log alpha_o``; the path maximizes the sum over its
+        routes of ``max_o`` of it (the head op is chosen with the route)."""
+        return self._best(choices, [np.asarray(x, float) for x in log_probs], stacks=False)
+
+    def _best(self, choices, score, stacks: bool = True) -> list[str]:
+        """The path and tokens maximizing the summed ``score`` (a route's and, with ``stacks``, the stacked
+        layers' scores), by dynamic programming backward over the DAG."""
+        st = layout(choices)
+        value, pick = [0.0] * len(st.nodes), [None] * len(st.nodes)
+        for n in range(len(st.nodes) - 1, -1, -1):
+            own = sum(float(score[i][_real(choices[i])].max()) for i in st.stack[n]) if stacks else 0.0
+            r = st.route[n]
+            if r is None:
+                value[n] = own
+                continue
+            best, arg = -np.inf, None
+            for k, j in enumerate(st.successor[r]):
+                if j is not None and score[r][k] + value[j] > best:
+                    best, arg = score[r][k] + value[j], k
+            value[n], pick[n] = own + best, arg
+        return self._tokens(choices, score, st, pick)
+
+    def _tokens(self, choices, score, st: Structure, pick: list) -> list[str]:
+        out = [OFF] * len(choices)
+        n = 0
+        while True:
+            for i in st.stack[n]:
+                real = _real(choices[i])
+                out[i] = choices[i][real[int(np.argmax(np.asarray(score[i])[real]))]]
+            r = st.route[n]
+            if r is None:
+                return out
+            out[r] = choices[r][pick[n]]
+            n = st.successor[r][pick[n]]
+
+    def derive_within(self, choices, log_probs, layer_ms, fixed_ms, lower_ms, upper_ms, bins: int = 20000) -> list[str]:
+        """The most probable (path, ops) with table sum in ``[lower_ms, upper_ms]``: the unconstrained
+        derivation if it lies there, else dynamic programming over the DAG on a latency grid of
+        ``upper / bins`` (latencies rounded up, so the result never exceeds ``upper``); if nothing reaches
+        ``lower_ms`` under ``upper_ms``, the most probable under ``upper_ms``."""
+        from hwnas.objective import LatencyTargetError
+
+        st = layout(choices)
+        lat = [np.asarray(x, float) for x in layer_ms]
+        lp = [np.asarray(x, float) for x in log_probs]
+        plain = self.derive(choices, lp)
+        total = fixed_ms + sum(float(lat[i][choices[i].index(t)]) for i, t in enumerate(plain))
+        if lower_ms <= total <= upper_ms:
+            return plain
+        budget = upper_ms - fixed_ms
+        if budget <= 0:
+            raise LatencyTargetError(f"no architecture fits under {upper_ms:.3f} ms")
+        width = budget / bins
+        cost = lambda ms: int(np.ceil(ms / width - 1e-9))  # noqa: E731
+
+        def add(score, c, s):
+            """``score`` shifted by ``c`` bins plus ``s``: a candidate for the max."""
+            out = np.full(bins + 1, -np.inf)
+            if c <= bins:
+                out[c:] = score[: bins + 1 - c] + s
+            return out
+
+        # value[n]: best log-prob of block n's stacked layers and everything after, per latency bin;
+        # back[n]: per stacked layer and for the route the argmax choice per bin (to trace the tokens back)
+        value, back = [None] * len(st.nodes), [None] * len(st.nodes)
+        for n in range(len(st.nodes) - 1, -1, -1):
+            r = st.route[n]
+            if r is None:
+                score = np.full(bins + 1, -np.inf)
+                score[0] = 0.0
+                route_back = None
+            else:
+                score, route_back = np.full(bins + 1, -np.inf), np.full(bins + 1, -1, dtype=np.int32)
+                for k, j in enumerate(st.successor[r]):
+                    if j is None:
+                        continue
+                    cand = add(value[j], cost(lat[r][k]), lp[r][k])
+                    better = cand > score
+                    score[better], route_back[better] = cand[better], k
+            layer_back = []
+            for i in reversed(st.stack[n]):
+                new, b = np.full(bins + 1, -np.inf), np.full(bins + 1, -1, dtype=np.int32)
+                for k in _real(choices[i]):
+                    cand = add(score, cost(lat[i][k]), lp[i][k])
+                    better = cand > new
+                    new[better], b[better] = cand[better], k
+                score = new
+                layer_back.append((i, b))
+            value[n], back[n] = score, (layer_back[::-1], route_back)
+        slack = sum(len(s) for s in st.stack) + len(st.nodes)  # each rounding-up adds less than one bin
+        lo_bin = int(np.ceil((lower_ms - fixed_ms) / width)) + slack
+        window = value[0].copy()
+        window[: max(0, min(lo_bin, bins + 1))] = -np.inf
+        end = int(np.argmax(window)) if np.isfinite(window).any() else int(np.argmax(value[0]))
+        if not np.isfinite(value[0][end]):
+            raise LatencyTargetError(f"no architecture fits under {upper_ms:.3f} ms")
+        out, n = [OFF] * len(choices), 0
+        while True:
+            layer_back, route_back = back[n]
+            for i, b in layer_back:
+                k = int(b[end])
+                out[i] = choices[i][k]
+                end -= cost(lat[i][k])
+            if route_back is None:
+                return out
+            k = int(route_back[end])
+            out[st.route[n]] = choices[st.route[n]][k]
+            end -= cost(lat[st.route[n]][k])
+            n = st.successor[st.route[n]][k]
+
+    # -- sampling, mutation ----------------------------------------------------------------------
+    def sample(self, rng: random.Random, config: dict | None = None) -> list[str]:
+        """A path (every route uniform among the reachable blocks) and ops uniform per layer."""
+        decisions = self.decisions(config)
+        st = self.structure(config)
+        out, n = [OFF] * len(decisions), 0
+        while True:
+            for i in st.stack[n]:
+                out[i] = rng.choice(_real_tokens(decisions[i].choices))
+            r = st.route[n]
+            if r is None:
+                return out
+            j = rng.choice(st.nodes[n].successors)
+            op = rng.choice(self.candidates)
+            out[r] = f"to{j}:{op}"
+            n = j
+
+    def sample_spread(self, rng, config, layer_ms, width: float = 0.2):
+        return self.sample(rng, config)
+
+    def mutate(self, layers: list[str], rng: random.Random, config: dict | None = None) -> list[str]:
+        """A neighbour: one layer's op changed, or one route sent to another block (the new blocks' ops
+        drawn uniformly, the blocks left behind set to ``-``)."""
+        decisions = self.decisions(config)
+        st = self.structure(config)
+        path = self.path_nodes(config, layers)
+        live = [i for n in path for i in ([st.route[n]] if st.route[n] is not None else []) + list(st.stack[n])]
+        i = rng.choice(live)
+        out = list(layers)
+        if i not in st.route:
+            out[i] = rng.choice([t for t in _real_tokens(decisions[i].choices) if t != layers[i]])
+            return out
+        n = st.route.index(i)
+        out[i] = rng.choice([t for t in _real_tokens(decisions[i].choices) if t != layers[i]])
+        j = int(out[i].split(":", 1)[0][2:])
+        old_next = dict(zip(path, path[1:]))
+        new_path = path[:path.index(n) + 1] + [j]
+        while st.route[new_path[-1]] is not None:  # walk on until the old path is met, then follow it
+            m = new_path[-1]
+            new_path.append(old_next[m] if m in old_next else rng.choice(st.nodes[m].successors))
+        new = [OFF] * len(layers)
+        for m, nxt in zip(new_path, new_path[1:] + [None]):
+            for k in st.stack[m]:
+                new[k] = layers[k] if m in path else rng.choice(_real_tokens(decisions[k].choices))
+            if nxt is not None:
+                r = st.route[m]
+                new[r] = out[r] if m == n else layers[r] if old_next.get(m) == nxt else \
+                    f"to{nxt}:{rng.choice(self.candidates)}"
+        return new
+
+
+def layout(choices) -> Structure:
+    """The structure (routes, stacks, successors) read from the decisions' choices alone: a route's tokens
+    name their successor (``to<j>:<op>``), and node ``n``'s stacked layers follow route ``n - 1``. Its nodes
+    carry the successors only (width and resolution 0)."""
+    route, stack, successor, n, current = [], [()], {}, 0, []
+    for i, ch in enumerate(choices):
+        if any(t.startswith("to") for t in ch):
+            stack[n] = tuple(current)
+            route.append(i)
+            successor[i] = tuple(int(t.split(":", 1)[0][2:]) if t != OFF else None for t in ch)
+            n, current = n + 1, []
+            stack.append(())
+        else:
+            current.append(i)
+    stack[n] = tuple(current)
+    route.append(None)
+    nodes = tuple(Node(k, 0, 0, tuple(dict.fromkeys(j for j in successor[r] if j is not None)) if r is not None
+                       else ()) for k, r in enumerate(route))
+    return Structure(nodes, tuple(route), tuple(stack), successor)
+
+
+def _real(choices) -> list[int]:
+    return [k for k, t in enumerate(choices) if t != OFF]
+
+
+def _real_tokens(choices) -> list[str]:
+    return [t for t in choices if t != OFF]
+
+
+def _key(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+@lru_cache(maxsize=64)
+def _structure(key: str, candidates: tuple[str, ...]) -> Structure:
+    cfg = json.loads(key)
+    nodes = _nodes(cfg)
+    route, stack, successor, i = [None] * len(nodes), [()] * len(nodes), {}, 0
+    for n, node in enumerate(nodes):
+        if n:
+            stack[n] = tuple(range(i, i + cfg["layers"] - 1))
+            i += cfg["layers"] - 1
+        if node.successors:
+            route[n] = i
+            successor[i] = tuple(j for j in node.successors for _ in candidates) + (None,)
+            i += 1
+    return Structure(tuple(nodes), tuple(route), tuple(stack), successor)
+
+
+@lru_cache(maxsize=64)
+def _decisions(key: str, candidates: tuple[str, ...]) -> tuple[Decision, ...]:
+    st = _structure(key, candidates)
+    out = [None] * (sum(len(s) for s in st.stack) + sum(r is not None for r in st.route))
+    for n, node in enumerate(st.nodes):
+        for l, i in enumerate(st.stack[n], start=1):
+            out[i] = Decision(f"block {n}.{l}", candidates + (SKIP, OFF))
+        if st.route[n] is not None:
+            out[st.route[n]] = Decision(f"route {n}", tuple(f"to{j}:{o}" for j in node.successors for o in candidates)
+                                        + (OFF,))
+    return tuple(out)
+
+
+def _nodes(cfg: dict) -> list[Node]:
+    """The source and the blocks with their deploy resolutions and successors (the next ``reach`` blocks at
+    the same resolution or half of it)."""
+    res = [(cfg["resolution"] - 1) // 2 + 1]  # after the stride-2 stem (the first block keeps it)
+    widths = [cfg["first"]["c"]]
+    for b in cfg["blocks"]:
+        res.append((res[-1] - 1) // b["s"] + 1)
+        widths.append(b["c"])
+    out = []
+    for n in range(len(res)):
+        succ = tuple(j for j in range(n + 1, min(len(res), n + 1 + cfg["reach"])) if res[j] in (res[n], (res[n] - 1) // 2 + 1))
+        out.append(Node(n, widths[n], res[n], succ))
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_config(space: str, cfg: dict) -> None:
+    where = f"space {space!r} config"
+    for key in ("stem", "head", "resolution", "num_classes", "layers", "reach"):
+        if not _is_int(cfg[key]) or cfg[key] < 1:
+            raise ArchError(f"{where}: {key}={cfg[key]!r} must be a positive integer")
+    if cfg["act"] not in ("relu", "relu6", "hswish", "silu"):
+        raise ArchError(f"{where}: act={cfg['act']!r}; allowed: relu, relu6, hswish, silu")
+    if not isinstance(cfg["dropout"], (int, float)) or not 0 <= cfg["dropout"] < 1:
+        raise ArchError(f"{where}: dropout={cfg['dropout']!r} must be in [0, 1)")
+    first = cfg["first"]
+    if not isinstance(first, dict) or set(first) != {"token", "c"} or not _is_int(first["c"]) or first["c"] < 1:
+        raise ArchError(f"{where}: first={first!r} must be {{'token': 'k3e1', 'c': 16}}")
+    try:
+        if parse_token(first["token"]).is_skip:
+            raise ValueError("the fixed first block cannot be 'skip'")
+    except ValueError as e:
+        raise ArchError(f"{where}: first block: {e}") from None
+    blocks = cfg["blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise ArchError(f"{where}: blocks must be a non-empty list of {{'c': width, 's': 1|2}}")
+    for i, b in enumerate(blocks):
+        if (not isinstance(b, dict) or set(b) != {"c", "s"} or not _is_int(b["c"]) or b["c"] < 1
+                or b["s"] not in (1, 2)):
+            raise ArchError(f"{where}: block {i + 1} = {b!r} must be {{'c': >=1, 's': 1|2}}")
+    nodes = _nodes(cfg)
+    for node in nodes[:-1]:
+        if not node.successors:
+            raise ArchError(f"{where}: block {node.index} reaches no later block (reach {cfg['reach']}, "
+                            f"at most one halving of the resolution per link)")
+    reached = {j for node in nodes for j in node.successors}
+    lost = [n for n in range(1, len(nodes)) if n not in reached]
+    if lost:
+        raise ArchError(f"{where}: block {lost[0]} cannot be reached from any earlier block")
