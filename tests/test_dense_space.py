@@ -16,8 +16,8 @@ from hwnas.spaces.dense import OFF, DenseSpace
 from helpers import synthetic_table
 
 SMALL = {"stem": 8, "first": {"token": "k3e1", "c": 8},
-         "blocks": [{"c": 8, "s": 2}, {"c": 16, "s": 1}, {"c": 16, "s": 2}, {"c": 24, "s": 1}, {"c": 32, "s": 2}],
-         "layers": 2, "reach": 3, "head": 32, "resolution": 32, "num_classes": 10, "act": "relu6", "dropout": 0.0}
+         "stages": [{"c": [8, 16], "s": 2, "n": 1}, {"c": [16, 24], "s": 2, "n": 1}, {"c": [32, 40], "s": 2, "n": 0}],
+         "reach": 3, "head": 48, "resolution": 32, "num_classes": 10, "act": "relu6", "dropout": 0.0}
 SPACE = DenseSpace("dense-test", ("k3e3", "k5e6"), SMALL, "test")
 
 
@@ -72,9 +72,10 @@ def log_prob(model, logits, layers):
 def test_the_space_enumerates_paths_and_ops_as_designed():
     cfg = SPACE.resolve_config(None)
     nodes = SPACE.nodes(cfg)
-    assert [(n.width, n.res) for n in nodes] == [(8, 16), (8, 8), (16, 8), (16, 4), (24, 4), (32, 2)]
-    # next `reach` blocks, at most one halving per link: 0 -> 1, 2 (3 is two halvings away)
-    assert [n.successors for n in nodes] == [(1, 2), (2, 3, 4), (3, 4), (4, 5), (5,), ()]
+    assert [(n.width, n.res, n.stage) for n in nodes] == [(8, 16, 0), (8, 8, 1), (16, 8, 1), (16, 4, 2), (24, 4, 2),
+                                                          (32, 2, 3), (40, 2, 3), (48, 2, 4)]
+    # the next `reach` nodes up to the first more than one stage ahead; the sink (7) after the last stage
+    assert [n.successors for n in nodes] == [(1, 2), (2, 3, 4), (3, 4), (4, 5, 6), (5, 6), (6, 7), (7,), ()]
     archs = list(every_arch(SPACE, cfg))
     assert len({tuple(a) for a in archs}) == len(archs)
     for a in archs[:: max(1, len(archs) // 40)]:
@@ -184,6 +185,7 @@ def test_every_token_has_its_row_and_the_profiled_blocks_build():
     needed = {s for row in terms.signatures for ks in row for s in ks} | {s for _, ks in terms.fixed for s in ks}
     assert needed == set(profiled)
     assert "k5e6:8>16:s1:r8:relu6" in profiled and "k3e3:16>24:s1:r4:relu6" in profiled  # a width change in a stage
+    assert {"head:32>48:s1:r2:relu6", "head:40>48:s1:r2:relu6"} <= set(profiled)  # the 1x1 conv from either width
     assert not [s for s in profiled if s.startswith("skip")]  # every skip here is an identity: no row
     build, shape = profiled["k5e6:8>16:s2:r16:relu6"]
     assert build()(torch.randn(1, *shape)).shape == (1, 16, 8, 8)
@@ -192,13 +194,13 @@ def test_every_token_has_its_row_and_the_profiled_blocks_build():
 def test_malformed_architectures_are_refused_by_name():
     cfg = SPACE.resolve_config(None)
     a = SPACE.sample(random.Random(0), cfg)
-    with pytest.raises(ArchError, match="tokens but its"):
+    with pytest.raises(ArchError, match=r"layers \(tokens\) but its"):
         SPACE.check_layers(cfg, a[:-1])
-    with pytest.raises(ArchError, match="route 0: token 'to5:k3e3' is not allowed"):
-        SPACE.check_layers(cfg, ["to5:k3e3"] + a[1:])
+    with pytest.raises(ArchError, match="route 0: token 'to3:k3e3' is not a candidate here"):
+        SPACE.check_layers(cfg, ["to3:k3e3"] + a[1:])
     path = SPACE.path_nodes(cfg, a)
     st = SPACE.structure(cfg)
-    off = next(n for n in range(1, 5) if n not in path)
+    off = next(n for n in range(1, 5) if n not in path and st.stack[n])
     bad = list(a)
     bad[st.stack[off][0]] = "k3e3"
     with pytest.raises(ArchError, match=f"block {off} is off the path"):
@@ -210,10 +212,12 @@ def test_malformed_architectures_are_refused_by_name():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"reach": 1, "blocks": [{"c": 8, "s": 2}, {"c": 16, "s": 2}]}, None),
-    ({"blocks": [{"c": 8, "s": 2}, {"c": 16, "s": 3}]}, "block 2 = "),
+    ({"reach": 1, "stages": [{"c": [8], "s": 2, "n": 1}, {"c": [16], "s": 2, "n": 2}]}, None),
+    ({"stages": [{"c": [8], "s": 2, "n": 1}, {"c": [16], "s": 3, "n": 1}]}, "stage 2 = "),
+    ({"stages": [{"c": [], "s": 2, "n": 1}]}, "stage 1 = "),
+    ({"stages": [{"c": [8], "s": 2, "n": -1}]}, "stage 1 = "),
     ({"reach": 0}, "reach=0 must be a positive integer"),
-    ({"blocks": []}, "blocks must be a non-empty list"),
+    ({"stages": []}, "stages must be a non-empty list"),
     ({"widths": [1]}, "unknown config key"),
 ])
 def test_configs_are_checked(change, message):
@@ -222,3 +226,41 @@ def test_configs_are_checked(change, message):
         return
     with pytest.raises(ArchError, match=message):
         SPACE.resolve_config(change)
+
+
+def test_crossover_joins_two_paths_at_a_shared_node():
+    cfg = SPACE.resolve_config(None)
+    rng = random.Random(7)
+    seen = set()
+    for _ in range(50):
+        a, b = SPACE.sample(rng, cfg), SPACE.sample(rng, cfg)
+        c = SPACE.crossover(a, b, rng, cfg)
+        SPACE.check_layers(cfg, c)
+        pa, pb, pc = (SPACE.path_nodes(cfg, x) for x in (a, b, c))
+        cut = next(k for k, n in enumerate(pc) if n in pb and pc[k:] == pb[pb.index(n):])  # b's tail ...
+        assert pc[:cut] == pa[:cut]  # ... after a's head
+        seen.add((tuple(pc) != tuple(pa), tuple(pc) != tuple(pb)))
+    assert (True, True) in seen  # children differ from both parents
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "bo", "rl"])
+def test_multi_trial_selectors_propose_legal_paths_in_the_window(model, name):
+    """Every multi-trial selector on the routed space: legal networks (a path, '-' off it), under T, none
+    proposed twice by the selectors that promise it; the told metric rewards wide blocks so a learning selector has a signal."""
+    pytest.importorskip("optuna")
+    from hwnas.selection import get_selector
+
+    cfg = SPACE.resolve_config(None)
+    (lo, _), (hi, _) = model.extremes()
+    window = (lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo))
+    sel = get_selector(name)(SPACE, cfg, seed=3, latency=model, window=window)
+    seen = set()
+    for _ in range(25):
+        layers = sel.ask()
+        SPACE.check_layers(cfg, layers)
+        assert model.of_tokens(layers) <= window[1] + 1e-9  # held to T before evaluation
+        assert tuple(layers) not in seen or name in ("random", "rl")
+        seen.add(tuple(layers))
+        widths = [SPACE.nodes(cfg)[n].width for n in SPACE.path_nodes(cfg, layers)]
+        sel.tell(layers, {"accuracy": sum(widths) / 100.0})
+    assert len(seen) > 10

@@ -11,7 +11,9 @@ from hwnas.strategies.sampling import SamplingStrategy
 from tests.helpers import synthetic_table
 
 SMALL = {"chain": {"width_mult": 0.25, "num_classes": 4}, "cell": {"search_C": 4, "search_layers": 3, "num_classes": 4},
-         "nb201": {"C": 4, "N": 1, "num_classes": 4}}
+         "nb201": {"C": 4, "N": 1, "num_classes": 4},
+         "densenas": {"stem": 8, "first": {"token": "k3e1", "c": 8}, "head": 32, "num_classes": 4,
+                      "stages": [{"c": [8, 16], "s": 2, "n": 1}, {"c": [16, 24], "s": 2, "n": 1}]}}
 PAIRS = [(m, s) for m in sorted(STRATEGIES) for s in sorted(SPACES)]
 
 
@@ -21,6 +23,8 @@ def allowed(method: str, space: str) -> bool:
         return space in cls.spaces
     if issubclass(cls, SamplingStrategy):  # every space; fairnas needs independent decisions
         return method != "fairnas" or SPACES[space].decision_groups() is None
+    if cls.needs == frozenset({"routes"}):  # densenas: the routing-block space only
+        return "routes" in caps
     if cls.spaces is None:
         return "layers" in caps and not (method == "spnas" and space == "fbnet")  # spnas: no grid on fbnet
     return space in cls.spaces

@@ -13,7 +13,10 @@ from hwnas.spaces.base import Space
 from helpers import synthetic_table
 
 SMALL = {"proxyless": {"width_mult": 0.25}, "fbnet": {"width_mult": 0.25}, "spnas": {"width_mult": 0.25},
-         "darts": {"C": 8, "layers": 5, "search_C": 4, "search_layers": 5}, "nb201": {"C": 4, "N": 1}}
+         "darts": {"C": 8, "layers": 5, "search_C": 4, "search_layers": 5}, "nb201": {"C": 4, "N": 1},
+         "densenas": {"stem": 8, "first": {"token": "k3e1", "c": 8}, "head": 64,
+                      "stages": [{"c": [8, 16], "s": 2, "n": 1}, {"c": [16, 24], "s": 2, "n": 2},
+                                 {"c": [32, 40], "s": 2, "n": 0}]}}
 
 
 @pytest.fixture(params=sorted(SPACES))
@@ -47,7 +50,10 @@ def test_samples_mutations_and_spread_samples_are_legal(space_cfg):
         m = space.mutate(a, rng, cfg)
         space.check_layers(cfg, m)
         assert m != a  # a mutation moves
-        assert sum(x != y for x, y in zip(a, m)) <= 2  # ... one step (a cell edge that moves changes two)
+        if "routes" in space.capabilities:  # ... one step: an op, or a route (the blocks it leaves go to '-')
+            assert sum(x != y for x, y in zip(a, m)) == 1 or space.path_nodes(cfg, a) != space.path_nodes(cfg, m)
+        else:
+            assert sum(x != y for x, y in zip(a, m)) <= 2  # ... one step (a cell edge that moves changes two)
         s = space.sample_spread(rng, cfg, layer_ms)
         space.check_layers(cfg, s)
         seen.add(tuple(a))

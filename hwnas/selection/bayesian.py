@@ -58,9 +58,30 @@ class TPESelector(Selector):
         self.pending: dict[tuple[str, ...], object] = {}
         self.told: dict[tuple[str, ...], float] = {}
 
+    def _routed(self) -> bool:
+        """Whether the space's decisions form a path (DenseNAS's routes): then TPE suggests, define-by-run,
+        only the decisions of the blocks the chosen routes reach, among their real tokens (Optuna's
+        conditional parameters), and every other decision is ``-``."""
+        return "routes" in self.space.capabilities
+
+    def _suggest(self, trial) -> list[str]:
+        if not self._routed():
+            return [trial.suggest_categorical(f"{i}:{d.name}", list(d.choices)) for i, d in enumerate(self.decisions)]
+        st = self.space.structure(self.config)
+        layers, n = ["-"] * len(self.decisions), 0
+        while True:
+            for i in list(st.stack[n]) + ([st.route[n]] if st.route[n] is not None else []):
+                layers[i] = trial.suggest_categorical(f"{i}:{self.decisions[i].name}", self._real(i))
+            if st.route[n] is None:
+                return layers
+            n = st.successor[st.route[n]][self.decisions[st.route[n]].choices.index(layers[st.route[n]])]
+
+    def _real(self, i: int) -> list[str]:
+        return [t for t in self.decisions[i].choices if t != "-"] if self._routed() else list(self.decisions[i].choices)
+
     def _draw(self):
         trial = self.study.ask()
-        layers = [trial.suggest_categorical(f"{i}:{d.name}", list(d.choices)) for i, d in enumerate(self.decisions)]
+        layers = self._suggest(trial)
         excess = None
         if self.window is not None:
             excess = float(self.latency.of_tokens(layers)) - self.window[1]
@@ -87,9 +108,9 @@ class TPESelector(Selector):
         trial = self.pending.pop(key, None)
         if trial is None:  # random search's fallback proposal: added as a trial of its own
             optuna = self.optuna
-            params = {f"{i}:{d.name}": t for i, (d, t) in enumerate(zip(self.decisions, layers))}
-            dists = {k: optuna.distributions.CategoricalDistribution(list(d.choices))
-                     for k, d in zip(params, self.decisions)}
+            keep = [i for i, t in enumerate(layers) if not (self._routed() and t == "-")]
+            params = {f"{i}:{self.decisions[i].name}": layers[i] for i in keep}
+            dists = {k: optuna.distributions.CategoricalDistribution(self._real(i)) for k, i in zip(params, keep)}
             constraints = ({"latency_ms_over_target": float(self.latency.of_tokens(layers)) - self.window[1]}
                            if self.window is not None else None)
             self.study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value,

@@ -133,12 +133,17 @@ class ControllerSelector(Selector):
             return acc
         return mnas_reward(acc, float(self.latency.of_tokens(layers)), self.window[1], self.reward_kind)
 
+    def allowed(self, i: int, so_far: list[int]):
+        """The space's mask for decision ``i`` (``Space.allowed_choices``: a legal path on DenseNAS's routes)."""
+        mask = getattr(self.space, "allowed_choices", None)  # a stand-in space may have none
+        return None if mask is None else mask(self.config, i, so_far)
+
     def update(self, layers: list[str], reward: float) -> None:
         """One REINFORCE step on ``layers`` with ``reward`` (the module docstring's eq.)."""
         choices = [d.choices.index(t) for d, t in zip(self.decisions, layers)]
         self.baseline = reward if self.baseline is None else self.decay * self.baseline + (1 - self.decay) * reward
         with _one_thread():
-            _, logp, entropy = self.controller(choices)
+            _, logp, entropy = self.controller(choices, allowed=self.allowed)
             loss = -(reward - self.baseline) * logp - self.entropy_weight * entropy
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -147,7 +152,7 @@ class ControllerSelector(Selector):
 
     def sample(self) -> list[str]:
         with torch.no_grad(), _one_thread():
-            choices, _, _ = self.controller(generator=self.generator)
+            choices, _, _ = self.controller(generator=self.generator, allowed=self.allowed)
         return [d.choices[c] for d, c in zip(self.decisions, choices)]
 
     def ask(self) -> list[str]:

@@ -89,7 +89,10 @@ class SPOSEvolution(Selector):
 
     # -- operators ---------------------------------------------------------------------------------------------
     def mutate(self, parent: list[str]) -> list[str]:
-        """Each decision group resampled with probability ``mutation_prob`` (from a fresh sample)."""
+        """Each decision group resampled with probability ``mutation_prob`` (from a fresh sample); a space
+        whose decisions form no such groups (DenseNAS's routes) takes its own ``mutate`` step."""
+        if self.space.decision_groups() == []:
+            return self.space.mutate(parent, self.rng, self.config)
         fresh = self.space.sample(self.rng, self.config)
         child = list(parent)
         for group in self.groups:
@@ -99,7 +102,10 @@ class SPOSEvolution(Selector):
         return child
 
     def crossover(self, a: list[str], b: list[str]) -> list[str]:
-        """Each decision group from ``a`` or ``b`` with probability 1/2."""
+        """Each decision group from ``a`` or ``b`` with probability 1/2 (the space's own ``crossover`` where
+        its decisions form no groups)."""
+        if self.space.decision_groups() == []:
+            return self.space.crossover(a, b, self.rng, self.config)
         child = list(a)
         for group in self.groups:
             if self.rng.random() < 0.5:

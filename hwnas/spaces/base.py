@@ -146,6 +146,11 @@ class Space(ABC):
         raise ValueError(f"in-network profiling times the top-level blocks of a chain of blocks; space "
                          f"{self.name!r} is not one: profile its blocks alone (--context alone)")
 
+    def allowed_choices(self, config: dict | None, i: int, so_far: list[int]) -> list[int] | None:
+        """The choice indices decision ``i`` may take given the indices chosen for decisions ``0..i-1``, for
+        a sampler that draws the decisions in order (ENAS's and NAS-RL's controllers); None: all of them."""
+        return None
+
     def decision_groups(self) -> list[list[int]] | None:
         """Decisions that constrain each other (a cell node's incoming edges), or None (independent)."""
         return None

@@ -1,18 +1,22 @@
 """The DenseNAS space: densely connected routing blocks that search widths and depths (Fang et al.,
 "Densely Connected Search Space for More Flexible Neural Architecture Search", CVPR 2020, Sec. 3).
 
-The super network is a DAG. Node 0 is the source (the stem and the fixed first block); nodes 1..B are
-routing blocks of increasing widths, each at one stage's resolution. Node ``n`` links to the next
-``reach`` blocks whose resolution is its own or half of it. A block is a *head layer* (the paper's
-shape-alignment layer: MBConv from the incoming block's width, stride 2 where the resolution halves)
-followed by ``layers - 1`` stacked layers at the block's width; every layer chooses among the MBConv
-candidates, and a stacked layer may also be ``skip`` (depth). An architecture is one path from the source
-to the last block (which widths follow which) plus an operation for every layer on it.
+The super network is a DAG (the released ``search_space_base.py``). Node 0 is the source (the stem and
+the fixed first block); nodes 1..B are routing blocks, grouped in stages of alternative widths (a stage's
+blocks share its resolution; its first block's link in halves it where the stage has stride 2); node
+B+1 is the sink, the final 1x1 conv-bn-act (``head`` channels) before pooling. Node ``n`` links to the next
+``reach`` nodes, up to the first that lies more than one stage ahead. A block is a *head layer* (the
+paper's shape-alignment layer: an MBConv from the incoming block's width, one mixed op per link) followed
+by its stage's ``n`` stacked layers at the block's width; every layer chooses among the MBConv candidates,
+and a stacked layer may also be ``skip`` (depth). The sink's head layer is the 1x1 conv from the incoming
+width. An architecture is one path from the source to the sink (which widths follow which) plus an
+operation for every layer on it.
 
 Decisions, in the order the network runs::
 
-    route n      for n = 0..B-1: the next block on the path and the head layer's op there, ``to<j>:<op>``
-    block j.l    for j = 1..B, l = 1..layers-1: a stacked layer's op (``skip`` allowed)
+    route n      for every node but the sink: the next node on the path and the head layer's op there,
+                 ``to<j>:<op>`` (``to<sink>:1x1`` into the sink)
+    block j.l    for every block j, l = 1..n: a stacked layer's op (``skip`` allowed)
 
 A block off the path takes ``-`` for its route and its layers (so that one network has one token list).
 Putting the head op into the route token makes every decision's latency one table row: the row of the
@@ -23,8 +27,8 @@ profiled, exported and trained by ``ChainSpace``.
 
 The chained cost estimation (Sec. 3.3, the backward recursion of the official ``dropped_model.py``)::
 
-    cost_B = stack_B
-    cost_n = stack_n + sum_{(j, o)} q_n(j, o) * (LAT(head o: n -> j) + cost_j)     n = B-1 .. 0
+    cost_sink = 0
+    cost_n = stack_n + sum_{(j, o)} q_n(j, o) * (LAT(head o: n -> j) + cost_j)     n = B .. 0
     E[LAT] = LAT_fixed + cost_0
 
 with ``stack_n = sum_l sum_o p_{n,l}(o) LAT_{n,l}(o)`` the alpha-weighted stacked layers (``stack_0 = 0``)
@@ -49,19 +53,22 @@ from hwnas.spaces.chain import ArchError, ChainSpace, Part
 from hwnas.spaces.tokens import SKIP, parse_token
 
 OFF = "-"
-CONFIG_KEYS = ("stem", "first", "blocks", "layers", "reach", "head", "resolution", "num_classes", "act",
-               "dropout")
+SINK_OP = "1x1"
+CONFIG_KEYS = ("stem", "first", "stages", "reach", "head", "resolution", "num_classes", "act", "dropout")
 
 
 @dataclass(frozen=True)
 class Node:
-    """A node of the dense super network: 0 the source, then the routing blocks. ``stride`` is the block's
-    head-layer stride relative to the previous node in the list (the resolution schedule)."""
+    """A node of the dense super network: 0 the source, the routing blocks, then the sink (the 1x1 head
+    conv). ``res`` is its output resolution at the deploy input; ``stage`` its stage (the source's is 0, the
+    sink's one past the last); ``layers`` its stacked layers."""
 
     index: int
     width: int
-    res: int  # input resolution of the block's stacked layers (its output resolution)
+    res: int
     successors: tuple[int, ...]
+    stage: int = 0
+    layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,20 @@ class DenseSpace(Space):
 
     @staticmethod
     def chain_defaults(cfg: dict) -> dict:
-        """The chain config of the path through every block (each block one layer): its stem, first block,
-        head and classifier are those of every network of the space (the last block is on every path, and
-        every path halves the resolution as often)."""
-        return {"stem": cfg["stem"], "first": cfg["first"], "stages": [dict(b, n=1) for b in cfg["blocks"]],
+        """A chain config through one block of every stage (one layer each): its stem, first block and
+        classifier are every network's, and its plan at an input resolution gives every stage's stride
+        there (small inputs drop the earliest stride-2 steps, ``hwnas.spaces.chain``), as every path
+        crosses every stage."""
+        return {"stem": cfg["stem"], "first": cfg["first"],
+                "stages": [{"c": st["c"][0], "n": 1, "s": st["s"]} for st in cfg["stages"]],
                 "head": cfg["head"], "width_mult": 1.0, "resolution": cfg["resolution"],
                 "num_classes": cfg["num_classes"], "act": cfg["act"], "pw_at_e1": False, "dropout": cfg["dropout"]}
+
+    def stage_resolutions(self, config: dict | None = None, resolution: int | None = None) -> list[int]:
+        """The output resolution of the source (stage 0) and of every stage at ``resolution`` (default: the
+        deploy one); the sink's is the last stage's."""
+        plan = self.chain.plan(self.chain_defaults(self.resolve_config(config)), resolution)
+        return [plan.layers[0].in_res] + [p.out_res for p in plan.layers]
 
     # -- config -----------------------------------------------------------------------------
     def resolve_config(self, config: dict | None = None) -> dict:
@@ -118,20 +133,20 @@ class DenseSpace(Space):
         return _decisions(_key(self.resolve_config(config)), self.candidates)
 
     def decision_groups(self) -> list[list[int]] | None:
-        """Not independent: a block's decisions are ``-`` exactly when no route reaches it."""
-        return [[]]
+        """Not independent (a block's decisions are ``-`` exactly when no route reaches it), and no group of
+        decisions can be swapped alone: empty. Evolution uses ``mutate`` and ``crossover``."""
+        return []
 
     def check_layers(self, config: dict, layers) -> None:
         decisions = self.decisions(config)
         if not isinstance(layers, list):
             raise ArchError(f"arch layers must be a list of tokens, got {type(layers).__name__}")
         if len(layers) != len(decisions):
-            raise ArchError(f"arch has {len(layers)} tokens but its {self.name!r} config has {len(decisions)} "
-                            f"decisions (a route per node and {self.resolve_config(config)['layers'] - 1} "
-                            f"stacked layers per block)")
+            raise ArchError(f"arch has {len(layers)} layers (tokens) but its {self.name!r} config has {len(decisions)} "
+                            f"decisions (a route per node and a token per stacked layer of every block)")
         for d, t in zip(decisions, layers):
             if t not in d.choices:
-                raise ArchError(f"{d.name}: token {t!r} is not allowed; allowed: {', '.join(d.choices)}")
+                raise ArchError(f"{d.name}: token {t!r} is not a candidate here; allowed: {', '.join(d.choices)}")
         st = self.structure(config)
         on = self.path_nodes(config, layers)
         for n in range(len(st.nodes)):
@@ -144,8 +159,20 @@ class DenseSpace(Space):
                 raise ArchError(f"block {n} is {where} (path {'->'.join(map(str, on))}) and needs {need} in "
                                 f"every decision, got {bad[0]!r}")
 
+    def allowed_choices(self, config: dict | None, i: int, so_far: list[int]) -> list[int] | None:
+        """A block's decisions take ``-`` exactly when no route chosen so far reaches it (a node's route comes
+        before the decisions of the blocks after it), a real token otherwise."""
+        st = self.structure(config)
+        decisions = self.decisions(config)
+        node = next(n for n in range(len(st.nodes)) if i in st.stack[n] or st.route[n] == i)
+        m = 0
+        while m < node and st.route[m] is not None and st.route[m] < len(so_far):
+            m = st.successor[st.route[m]][so_far[st.route[m]]]
+        on = m == node
+        return [k for k, t in enumerate(decisions[i].choices) if (t != OFF) == on]
+
     def path_nodes(self, config: dict | None, layers: list[str]) -> list[int]:
-        """The nodes the routes of ``layers`` visit, from the source to the last block."""
+        """The nodes the routes of ``layers`` visit, from the source to the sink."""
         st = self.structure(config)
         path, n = [0], 0
         while st.route[n] is not None:
@@ -166,23 +193,17 @@ class DenseSpace(Space):
         st = self.structure(cfg)
         path = self.path_nodes(cfg, layers)
         stages, tokens = [], []
-        for prev, n in zip(path, path[1:]):
+        for prev, n in zip(path[:-2], path[1:-1]):  # the last link is the sink's 1x1 conv: the chain's head
             head = layers[st.route[prev]].split(":", 1)[1]
-            stride = st.nodes[prev].res // st.nodes[n].res
-            stages.append({"c": st.nodes[n].width, "n": cfg["layers"], "s": stride})
+            stages.append({"c": st.nodes[n].width, "n": 1 + st.nodes[n].layers, "s": _stride(st.nodes, prev, n, cfg)})
             tokens += [head] + [layers[i] for i in st.stack[n]]
         chain_cfg = {**self.chain_defaults(cfg), "stages": stages}
         return chain_cfg, tokens
 
     def describe(self, layers: list[str]) -> str:
-        cfg = self.resolve_config(None)
-        st = self.structure(cfg)
-        path = self.path_nodes(cfg, layers)
-        parts = []
-        for prev, n in zip(path, path[1:]):
-            ops = [layers[st.route[prev]].split(":", 1)[1]] + [layers[i] for i in st.stack[n]]
-            parts.append(f"{st.nodes[n].width}:{','.join(ops)}")
-        return f"{self.name}[{' '.join(parts)}]"
+        """The tokens on the path, in the order they run (a route token names the next block and its head
+        op; blocks off the path are left out)."""
+        return f"{self.name}[{' '.join(t for t in layers if t != OFF)}]"
 
     def build_child(self, layers: list[str], config: dict, resolution: int | None = None):
         chain_cfg, tokens = self.to_chain(layers, config)
@@ -190,16 +211,26 @@ class DenseSpace(Space):
 
     def build_supernet(self, config: dict, mixed_op, resolution: int | None = None, num_classes: int | None = None,
                        **options):
-        raise NotImplementedError(f"space {self.name!r}: the dense super network is not built yet")
+        """The dense super network (``hwnas.mixed.dense_supernet.DenseSupernet``)."""
+        from hwnas.mixed.dense_supernet import DenseSupernet
+
+        if options:
+            raise ValueError(f"space {self.name!r}: the dense supernet takes no options, got {sorted(options)}")
+        return DenseSupernet(self, config, mixed_op, resolution, num_classes)
 
     # -- latency ----------------------------------------------------------------------------
-    def _part(self, cfg: dict, n: int, j: int | None = None) -> Part:
-        """The chain part of node ``n``'s head layer into block ``j``, or (``j`` None) of block ``n``'s
-        stacked layers, at the deploy shape."""
+    def part(self, cfg: dict, n: int, j: int | None = None, res: list[int] | None = None) -> Part:
+        """The chain part of node ``n``'s head layer into node ``j`` (into the sink: the 1x1 head conv), or
+        (``j`` None) of block ``n``'s stacked layers; at the deploy shape, or at the stage resolutions
+        ``res`` (``stage_resolutions``)."""
         nodes = self.structure(cfg).nodes
+        r = res[nodes[n].stage] if res is not None else nodes[n].res
         if j is None:
-            return Part("layer", nodes[n].width, nodes[n].width, 1, nodes[n].res)
-        return Part("layer", nodes[n].width, nodes[j].width, nodes[n].res // nodes[j].res, nodes[n].res)
+            return Part("layer", nodes[n].width, nodes[n].width, 1, r)
+        if j == len(nodes) - 1:
+            return Part("head", nodes[n].width, nodes[j].width, 1, r)
+        stride = _stride(nodes, n, j, cfg) if res is None else r // res[nodes[j].stage]
+        return Part("layer", nodes[n].width, nodes[j].width, stride, r)
 
     def token_signature(self, cfg: dict, decision: int, token: str) -> str | None:
         """The table row of one decision's token (None: costs nothing)."""
@@ -210,31 +241,36 @@ class DenseSpace(Space):
         for n, r in enumerate(st.route):
             if r == decision:
                 j, op = token.split(":", 1)
-                return self.chain.signature(self._part(cfg, n, int(j[2:])), op, chain_cfg)
+                j = int(j[2:])
+                return self.chain.signature(self.part(cfg, n, j), None if j == len(st.nodes) - 1 else op, chain_cfg)
         n = next(n for n, s in enumerate(st.stack) if decision in s)
-        return self.chain.signature(self._part(cfg, n), token, chain_cfg)
+        return self.chain.signature(self.part(cfg, n), token, chain_cfg)
 
     def latency_terms(self, config: dict) -> LatencyTerms:
         cfg = self.resolve_config(config)
         decisions = self.decisions(cfg)
         keys = lambda s: [s] if s is not None else []  # noqa: E731
         sigs = [[keys(self.token_signature(cfg, i, t)) for t in d.choices] for i, d in enumerate(decisions)]
-        fixed = self.chain.latency_terms(self.chain_defaults(cfg)).fixed  # stem, first, head, classifier
+        # stem, first block, classifier; the 1x1 head conv is the route into the sink (its input width varies)
+        fixed = [(p, ks) for p, ks in self.chain.latency_terms(self.chain_defaults(cfg)).fixed if p != "head"]
         return LatencyTerms(choices=[d.choices for d in decisions], signatures=sigs, fixed=fixed)
 
     def profiled_blocks(self, config: dict | None = None) -> list[tuple[str, object, tuple[int, ...]]]:
-        """The fixed parts and every (node, successor, head candidate) and (block, stacked candidate)."""
+        """The fixed parts, every (node, successor, head candidate) and every (block, stacked candidate)."""
         from functools import partial
 
         cfg = self.resolve_config(config)
         chain_cfg = self.chain_defaults(cfg)
         plan = self.chain.plan(chain_cfg)
-        items = [(p, None) for p in (plan.stem, plan.first, plan.head, plan.classifier)]
+        items = [(p, None) for p in (plan.stem, plan.first, plan.classifier)]
         st = self.structure(cfg)
+        sink = len(st.nodes) - 1
         for n, node in enumerate(st.nodes):
-            items += [(self._part(cfg, n, j), t) for j in node.successors for t in self.candidates]
-            if n:
-                items += [(self._part(cfg, n), t) for t in self.candidates + (SKIP,)]
+            for j in node.successors:
+                items += [(self.part(cfg, n, j), None)] if j == sink else \
+                    [(self.part(cfg, n, j), t) for t in self.candidates]
+            if node.layers:
+                items += [(self.part(cfg, n), t) for t in self.candidates + (SKIP,)]
         out, seen = [], set()
         for part, token in items:
             sig = self.chain.signature(part, token, chain_cfg)
@@ -400,12 +436,41 @@ class DenseSpace(Space):
             if r is None:
                 return out
             j = rng.choice(st.nodes[n].successors)
-            op = rng.choice(self.candidates)
-            out[r] = f"to{j}:{op}"
+            out[r] = _route_to(decisions[r].choices, j, rng)
             n = j
 
     def sample_spread(self, rng, config, layer_ms, width: float = 0.2):
-        return self.sample(rng, config)
+        """A network spread over the latency range (``Space.sample_spread``): a level ``q ~ U(0, 1)``, then
+        along the walk every decision's real choice weighted by ``exp(-(r - q)^2 / (2 width^2))``, ``r`` its
+        latency rank; a route's latency counts its head op and the mean cost of what follows (a route that
+        skips blocks is fast)."""
+        from hwnas.spaces.base import _rank_weights
+
+        decisions = self.decisions(config)
+        st = self.structure(config)
+        lat = [np.asarray(x, float) for x in layer_ms]
+        ahead = [0.0] * len(st.nodes)  # mean cost from a node's stacked layers on, under uniform choices
+        for n in range(len(st.nodes) - 1, -1, -1):
+            own = sum(float(lat[i][_real(decisions[i].choices)].mean()) for i in st.stack[n])
+            r = st.route[n]
+            if r is not None:
+                ks = _real(decisions[r].choices)
+                own += float(np.mean([lat[r][k] + ahead[st.successor[r][k]] for k in ks]))
+            ahead[n] = own
+        q = rng.random()
+        out, n = [OFF] * len(decisions), 0
+        while True:
+            for i in st.stack[n]:
+                ks = _real(decisions[i].choices)
+                out[i] = decisions[i].choices[rng.choices(ks, weights=_rank_weights(lat[i][ks], q, width))[0]]
+            r = st.route[n]
+            if r is None:
+                return out
+            ks = _real(decisions[r].choices)
+            cost = [lat[r][k] + ahead[st.successor[r][k]] for k in ks]
+            k = rng.choices(ks, weights=_rank_weights(cost, q, width))[0]
+            out[r] = decisions[r].choices[k]
+            n = st.successor[r][k]
 
     def mutate(self, layers: list[str], rng: random.Random, config: dict | None = None) -> list[str]:
         """A neighbour: one layer's op changed, or one route sent to another block (the new blocks' ops
@@ -413,7 +478,10 @@ class DenseSpace(Space):
         decisions = self.decisions(config)
         st = self.structure(config)
         path = self.path_nodes(config, layers)
-        live = [i for n in path for i in ([st.route[n]] if st.route[n] is not None else []) + list(st.stack[n])]
+        live = [i for n in path for i in ([st.route[n]] if st.route[n] is not None else []) + list(st.stack[n])
+                if len(_real_tokens(decisions[i].choices)) > 1]
+        if not live:
+            return list(layers)
         i = rng.choice(live)
         out = list(layers)
         if i not in st.route:
@@ -434,8 +502,22 @@ class DenseSpace(Space):
             if nxt is not None:
                 r = st.route[m]
                 new[r] = out[r] if m == n else layers[r] if old_next.get(m) == nxt else \
-                    f"to{nxt}:{rng.choice(self.candidates)}"
+                    _route_to(decisions[r].choices, nxt, rng)
         return new
+
+
+    def crossover(self, a: list[str], b: list[str], rng: random.Random, config: dict | None = None) -> list[str]:
+        """A child of two networks: ``a`` up to a node both paths visit (drawn uniformly among the shared
+        ones), ``b`` from there on (that node's stacked layers and route included)."""
+        st = self.structure(config)
+        pa, pb = self.path_nodes(config, a), self.path_nodes(config, b)
+        c = rng.choice([n for n in pa if n in pb])
+        out = [OFF] * len(a)
+        for path, src in ((pa[:pa.index(c)], a), (pb[pb.index(c):], b)):
+            for n in path:
+                for i in ([st.route[n]] if st.route[n] is not None else []) + list(st.stack[n]):
+                    out[i] = src[i]
+        return out
 
 
 def layout(choices) -> Structure:
@@ -459,6 +541,11 @@ def layout(choices) -> Structure:
     return Structure(nodes, tuple(route), tuple(stack), successor)
 
 
+def _route_to(choices, j: int, rng: random.Random) -> str:
+    """A route token into node ``j``, its head op drawn uniformly."""
+    return rng.choice([t for t in choices if t.startswith(f"to{j}:")])
+
+
 def _real(choices) -> list[int]:
     return [k for k, t in enumerate(choices) if t != OFF]
 
@@ -473,46 +560,60 @@ def _key(cfg: dict) -> str:
 
 @lru_cache(maxsize=64)
 def _structure(key: str, candidates: tuple[str, ...]) -> Structure:
-    cfg = json.loads(key)
-    nodes = _nodes(cfg)
+    nodes = _nodes(json.loads(key))
     route, stack, successor, i = [None] * len(nodes), [()] * len(nodes), {}, 0
     for n, node in enumerate(nodes):
-        if n:
-            stack[n] = tuple(range(i, i + cfg["layers"] - 1))
-            i += cfg["layers"] - 1
+        stack[n] = tuple(range(i, i + node.layers))
+        i += node.layers
         if node.successors:
             route[n] = i
-            successor[i] = tuple(j for j in node.successors for _ in candidates) + (None,)
+            successor[i] = tuple(int(t.split(":", 1)[0][2:]) for t in _route_choices(nodes, n, candidates)) + (None,)
             i += 1
     return Structure(tuple(nodes), tuple(route), tuple(stack), successor)
+
+
+def _route_choices(nodes, n: int, candidates) -> tuple[str, ...]:
+    sink = len(nodes) - 1
+    return tuple(f"to{j}:{o}" for j in nodes[n].successors for o in ((SINK_OP,) if j == sink else candidates))
 
 
 @lru_cache(maxsize=64)
 def _decisions(key: str, candidates: tuple[str, ...]) -> tuple[Decision, ...]:
     st = _structure(key, candidates)
     out = [None] * (sum(len(s) for s in st.stack) + sum(r is not None for r in st.route))
-    for n, node in enumerate(st.nodes):
+    for n in range(len(st.nodes)):
         for l, i in enumerate(st.stack[n], start=1):
             out[i] = Decision(f"block {n}.{l}", candidates + (SKIP, OFF))
         if st.route[n] is not None:
-            out[st.route[n]] = Decision(f"route {n}", tuple(f"to{j}:{o}" for j in node.successors for o in candidates)
-                                        + (OFF,))
+            out[st.route[n]] = Decision(f"route {n}", _route_choices(st.nodes, n, candidates) + (OFF,))
     return tuple(out)
 
 
 def _nodes(cfg: dict) -> list[Node]:
-    """The source and the blocks with their deploy resolutions and successors (the next ``reach`` blocks at
-    the same resolution or half of it)."""
-    res = [(cfg["resolution"] - 1) // 2 + 1]  # after the stride-2 stem (the first block keeps it)
-    widths = [cfg["first"]["c"]]
-    for b in cfg["blocks"]:
-        res.append((res[-1] - 1) // b["s"] + 1)
-        widths.append(b["c"])
+    """The source, the blocks stage by stage and the sink, with their deploy resolutions and successors: the
+    next ``reach`` nodes up to the first more than one stage ahead (the released ``_create_output_list``)."""
+    r = (cfg["resolution"] - 1) // 2 + 1  # after the stride-2 stem (the first block keeps it)
+    spec = [(cfg["first"]["c"], r, 0, 0)]
+    for k, st in enumerate(cfg["stages"], start=1):
+        r = (r - 1) // st["s"] + 1
+        spec += [(c, r, k, st["n"]) for c in st["c"]]
+    spec.append((cfg["head"], r, len(cfg["stages"]) + 1, 0))
     out = []
-    for n in range(len(res)):
-        succ = tuple(j for j in range(n + 1, min(len(res), n + 1 + cfg["reach"])) if res[j] in (res[n], (res[n] - 1) // 2 + 1))
-        out.append(Node(n, widths[n], res[n], succ))
+    for n, (width, res, stage, layers) in enumerate(spec):
+        succ = []
+        for j in range(n + 1, min(len(spec), n + 1 + cfg["reach"])):
+            if spec[j][2] - stage > 1:
+                break
+            succ.append(j)
+        out.append(Node(n, width, res, tuple(succ), stage, layers))
     return out
+
+
+def _stride(nodes, n: int, j: int, cfg: dict) -> int:
+    """The stride of the link ``n -> j`` at the deploy resolution: the next stage's stride, or 1 in a stage."""
+    if nodes[j].stage == nodes[n].stage or nodes[j].stage > len(cfg["stages"]):
+        return 1
+    return cfg["stages"][nodes[j].stage - 1]["s"]
 
 
 def _is_int(v) -> bool:
@@ -521,7 +622,7 @@ def _is_int(v) -> bool:
 
 def _check_config(space: str, cfg: dict) -> None:
     where = f"space {space!r} config"
-    for key in ("stem", "head", "resolution", "num_classes", "layers", "reach"):
+    for key in ("stem", "head", "resolution", "num_classes", "reach"):
         if not _is_int(cfg[key]) or cfg[key] < 1:
             raise ArchError(f"{where}: {key}={cfg[key]!r} must be a positive integer")
     if cfg["act"] not in ("relu", "relu6", "hswish", "silu"):
@@ -536,18 +637,19 @@ def _check_config(space: str, cfg: dict) -> None:
             raise ValueError("the fixed first block cannot be 'skip'")
     except ValueError as e:
         raise ArchError(f"{where}: first block: {e}") from None
-    blocks = cfg["blocks"]
-    if not isinstance(blocks, list) or not blocks:
-        raise ArchError(f"{where}: blocks must be a non-empty list of {{'c': width, 's': 1|2}}")
-    for i, b in enumerate(blocks):
-        if (not isinstance(b, dict) or set(b) != {"c", "s"} or not _is_int(b["c"]) or b["c"] < 1
-                or b["s"] not in (1, 2)):
-            raise ArchError(f"{where}: block {i + 1} = {b!r} must be {{'c': >=1, 's': 1|2}}")
+    stages = cfg["stages"]
+    if not isinstance(stages, list) or not stages:
+        raise ArchError(f"{where}: stages must be a non-empty list of {{'c': [widths], 's': 1|2, 'n': layers}}")
+    for i, st in enumerate(stages, start=1):
+        if (not isinstance(st, dict) or set(st) != {"c", "s", "n"} or not isinstance(st["c"], list) or not st["c"]
+                or not all(_is_int(c) and c >= 1 for c in st["c"]) or st["s"] not in (1, 2)
+                or not _is_int(st["n"]) or st["n"] < 0):
+            raise ArchError(f"{where}: stage {i} = {st!r} must be {{'c': [widths >= 1], 's': 1|2, 'n': >=0}}")
     nodes = _nodes(cfg)
     for node in nodes[:-1]:
         if not node.successors:
-            raise ArchError(f"{where}: block {node.index} reaches no later block (reach {cfg['reach']}, "
-                            f"at most one halving of the resolution per link)")
+            raise ArchError(f"{where}: block {node.index} reaches no later node (reach {cfg['reach']}, "
+                            f"links cross at most one stage)")
     reached = {j for node in nodes for j in node.successors}
     lost = [n for n in range(1, len(nodes)) if n not in reached]
     if lost:

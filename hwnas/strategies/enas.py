@@ -80,8 +80,22 @@ class MicroEncoding:
         return out
 
 
+class RouteEncoding(MacroEncoding):
+    """One controller step per decision of a routing-block space (DenseNAS, ``hwnas.spaces.dense``), in
+    network order, masked to a legal path by the space (``Space.allowed_choices``)."""
+
+    def __init__(self, space, config):
+        super().__init__(space.decisions(config))
+        self.space, self.config = space, config
+
+    def allowed(self, i: int, so_far: list[int]):
+        return self.space.allowed_choices(self.config, i, so_far)
+
+
 def encoding_for(space, config):
     decisions = space.decisions(config)
+    if "routes" in space.capabilities:
+        return RouteEncoding(space, config)
     groups = space.decision_groups()
     if groups is None:
         return MacroEncoding(decisions)

@@ -60,7 +60,8 @@ class SamplingStrategy(Strategy):
 
     @classmethod
     def _chain(cls, space) -> bool:
-        return "layers" in space.capabilities
+        """Whether the space's mixed ops are MBConv grids (chains, DenseNAS's routing blocks)."""
+        return bool({"layers", "routes"} & space.capabilities)
 
     @classmethod
     def make_supernet(cls, space, config: dict, resolution: int, num_classes: int, **kwargs):
@@ -96,6 +97,8 @@ class SamplingStrategy(Strategy):
 
     # -- paths ----------------------------------------------------------------------------------------
     def set_path(self, tokens: list[str]) -> None:
+        if hasattr(self.supernet, "set_child"):  # decisions that are not one op each (DenseNAS's routes)
+            return self.supernet.set_child(tokens)
         for i, t in enumerate(tokens):
             for op in self.supernet.decision_ops(i):
                 op.select(op.tokens.index(t))
