@@ -59,7 +59,8 @@ def soft_probs(model, seed, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
     logits = [torch.randn(len(c), generator=g, dtype=torch.float64) for c in model.choices]
     for lg, c in zip(logits, model.choices):
-        lg[c.index(OFF)] = -math.inf
+        if OFF in c:
+            lg[c.index(OFF)] = -math.inf
         lg.requires_grad_(requires_grad)
     return logits
 
@@ -264,3 +265,17 @@ def test_multi_trial_selectors_propose_legal_paths_in_the_window(model, name):
         widths = [SPACE.nodes(cfg)[n].width for n in SPACE.path_nodes(cfg, layers)]
         sel.tell(layers, {"accuracy": sum(widths) / 100.0})
     assert len(seen) > 10
+
+
+def test_the_covering_puts_every_token_on_some_path():
+    cfg = SPACE.resolve_config(None)
+    decisions = SPACE.decisions(cfg)
+    archs = SPACE.cover(random.Random(0), cfg, 2)
+    for a in archs:
+        SPACE.check_layers(cfg, a)
+    want = {(i, t) for i, d in enumerate(decisions) for t in d.choices}
+    got = {(i, t) for a in archs for i, t in enumerate(a)}
+    assert got == want
+    # the source and a one-width stage are on every path: no '-' there
+    assert OFF not in decisions[SPACE.structure(cfg).route[0]].choices and OFF in decisions[-1].choices
+    assert len(archs) < 4 * len(want)  # walks cover several tokens each

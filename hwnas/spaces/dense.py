@@ -18,7 +18,8 @@ Decisions, in the order the network runs::
                  ``to<j>:<op>`` (``to<sink>:1x1`` into the sink)
     block j.l    for every block j, l = 1..n: a stacked layer's op (``skip`` allowed)
 
-A block off the path takes ``-`` for its route and its layers (so that one network has one token list).
+A block off the path takes ``-`` for its route and its layers (so that one network has one token list); a
+node every path visits (the source, a stage of one width) has no ``-``.
 Putting the head op into the route token makes every decision's latency one table row: the row of the
 route token ``to<j>:<op>`` from node ``n`` is the chain row ``op:w_n>w_j:s:r_n`` (``hwnas.spaces.chain``
 signatures), a row for every (block, width in, width out, candidate) the space can produce; ``-`` costs
@@ -506,6 +507,54 @@ class DenseSpace(Space):
         return new
 
 
+    def cover(self, rng: random.Random, config: dict | None, reps: int) -> list[list[str]]:
+        """``reps`` sets of networks; within a set every token of every decision appears (``Space.cover``'s
+        promise, for in-network profiling; ``-`` where a path avoids the block): greedy walks that take a
+        token not yet covered wherever they can, then, for what is left, a network through every node up to
+        that decision (consecutive nodes are always linked), or for a ``-`` one that jumps over its block."""
+        if reps < 1:
+            raise ValueError(f"a covering needs reps >= 1, got {reps}")
+        decisions = self.decisions(config)
+        st = self.structure(config)
+        archs = []
+        for _ in range(reps):
+            todo = {(i, t) for i, d in enumerate(decisions) for t in d.choices}
+            for _walk in range(4 * max(len(d.choices) for d in decisions)):
+                if not todo:
+                    break
+                archs.append(self._walk(decisions, st, rng, todo))
+            while todo:
+                archs.append(self._walk(decisions, st, rng, todo, target=min(todo)))
+        return archs
+
+    def _walk(self, decisions, st: Structure, rng: random.Random, todo: set, target=None) -> list[str]:
+        """One network, preferring tokens in ``todo`` (removed as they are used); with ``target`` ``(i, t)``,
+        through every node up to decision ``i``'s, which takes ``t``."""
+        goal, jump = None, None
+        if target is not None:
+            goal = next(n for n in range(len(st.nodes)) if target[0] in st.stack[n] or st.route[n] == target[0])
+            if target[1] == OFF:  # the last link over the block, reached node by node
+                jump = max((a, b) for a in range(goal) for b in st.nodes[a].successors if b > goal)
+        out, n = [OFF] * len(decisions), 0
+        while True:
+            for i in list(st.stack[n]) + ([st.route[n]] if st.route[n] is not None else []):
+                real = _real_tokens(decisions[i].choices)
+                if jump is not None and i == st.route[n] and n <= jump[0]:
+                    pick = _route_to(decisions[i].choices, jump[1] if n == jump[0] else n + 1, rng)
+                elif jump is None and target is not None and i == target[0]:
+                    pick = target[1]
+                elif jump is None and goal is not None and i == st.route[n] and n < goal:
+                    pick = _route_to(decisions[i].choices, n + 1, rng)
+                else:
+                    fresh = [t for t in real if (i, t) in todo]
+                    pick = rng.choice(fresh or real)
+                out[i] = pick
+            if st.route[n] is None:
+                break
+            n = st.successor[st.route[n]][decisions[st.route[n]].choices.index(out[st.route[n]])]
+        todo.difference_update(enumerate(out))
+        return out
+
     def crossover(self, a: list[str], b: list[str], rng: random.Random, config: dict | None = None) -> list[str]:
         """A child of two networks: ``a`` up to a node both paths visit (drawn uniformly among the shared
         ones), ``b`` from there on (that node's stacked layers and route included)."""
@@ -567,9 +616,15 @@ def _structure(key: str, candidates: tuple[str, ...]) -> Structure:
         i += node.layers
         if node.successors:
             route[n] = i
-            successor[i] = tuple(int(t.split(":", 1)[0][2:]) for t in _route_choices(nodes, n, candidates)) + (None,)
+            successor[i] = tuple(int(t.split(":", 1)[0][2:]) for t in _route_choices(nodes, n, candidates)) + \
+                (() if _always_on(nodes, n) else (None,))
             i += 1
     return Structure(tuple(nodes), tuple(route), tuple(stack), successor)
+
+
+def _always_on(nodes, n: int) -> bool:
+    """Whether every path visits node ``n`` (no link jumps over it): its decisions then have no ``-``."""
+    return not any(a < n < b for a in range(n) for b in nodes[a].successors)
 
 
 def _route_choices(nodes, n: int, candidates) -> tuple[str, ...]:
@@ -582,10 +637,11 @@ def _decisions(key: str, candidates: tuple[str, ...]) -> tuple[Decision, ...]:
     st = _structure(key, candidates)
     out = [None] * (sum(len(s) for s in st.stack) + sum(r is not None for r in st.route))
     for n in range(len(st.nodes)):
+        off = () if _always_on(st.nodes, n) else (OFF,)
         for l, i in enumerate(st.stack[n], start=1):
-            out[i] = Decision(f"block {n}.{l}", candidates + (SKIP, OFF))
+            out[i] = Decision(f"block {n}.{l}", candidates + (SKIP,) + off)
         if st.route[n] is not None:
-            out[st.route[n]] = Decision(f"route {n}", _route_choices(st.nodes, n, candidates) + (OFF,))
+            out[st.route[n]] = Decision(f"route {n}", _route_choices(st.nodes, n, candidates) + off)
     return tuple(out)
 
 

@@ -89,16 +89,17 @@ class DenseNAS(FactorizedStrategy):
         ``to<j>:<o>`` of node ``n`` has ``softmax(beta_n)_j softmax(alpha_{n->j})_o``."""
         st, sn = self.supernet.structure, self.supernet
         trans = self.transition()
-        out = [None] * len(sn.choices)
+        choices = sn.choices
+        out = [None] * len(choices)
         for n, r in enumerate(st.route):
             if r is None:
                 continue
             parts = [trans[n][k] * F.softmax(self.alpha[self._head_of[f"{n}>{j}"]], -1)
                      for k, j in enumerate(st.nodes[n].successors)]
-            out[r] = torch.cat(parts + [parts[0].new_zeros(1)])
+            out[r] = torch.cat(parts + [parts[0].new_zeros(len(choices[r]) - sum(len(q) for q in parts))])
         for i, k in self._stack_of.items():
             p = F.softmax(self.alpha[k], -1)
-            out[i] = torch.cat([p, p.new_zeros(1)])
+            out[i] = torch.cat([p, p.new_zeros(len(choices[i]) - len(p))])  # '-', where the block may be off
         return out
 
     def log_probabilities(self) -> list[np.ndarray]:
