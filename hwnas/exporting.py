@@ -22,6 +22,7 @@ from hwnas.spaces import Arch, ArchError
 from hwnas.spaces.builder import build_child, count_params
 from hwnas.spaces.presets import PRESETS
 from hwnas.spaces.cell_presets import CELL_PRESETS
+from hwnas.spaces.dense_presets import DENSE_PRESETS, arch_from_net_config
 
 log = logging.getLogger("hwnas.export")
 
@@ -52,12 +53,15 @@ def resolve_arch(spec: str) -> ArchSource:
                             f"`hwnas search --resume {path}`)")
         weights = next((path / w for w in ("trained.pt", "child.pt") if (path / w).exists()), None)
         return ArchSource(Arch.load(arch_file), str(path), path, weights)
+    if path.is_file() and path.suffix != ".json" and path.read_text(errors="replace").lstrip().startswith("[["):
+        # a DenseNAS net_config file as the released code writes it (hwnas.spaces.dense_presets)
+        return ArchSource(Arch.from_dict(arch_from_net_config(path.read_text()), str(path)), str(path))
     if path.suffix == ".json" or path.exists():
         return ArchSource(Arch.load(path), str(path))
-    presets = {**PRESETS, **CELL_PRESETS}
+    presets = {**PRESETS, **CELL_PRESETS, **DENSE_PRESETS}
     if spec in presets:
         return ArchSource(Arch.from_dict(presets[spec], f"preset {spec}"), f"preset {spec}")
-    raise ArchError(f"--arch {spec!r} is not a run directory, an arch.json file or a preset "
+    raise ArchError(f"--arch {spec!r} is not a run directory, an arch.json file, a DenseNAS net_config or a preset "
                     f"(presets: {', '.join(presets)})")
 
 

@@ -78,6 +78,13 @@ def _list_presets() -> int:
         pub = CELL_PUBLISHED[name]["params_m"]
         print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} {f'{pub}M':>11}  "
               f"{arch.space_obj.describe(arch.layers)}")
+    from hwnas.spaces.dense_presets import DENSE_PRESETS, DENSE_PUBLISHED
+
+    for name, d in DENSE_PRESETS.items():
+        arch = Arch.from_dict(d, name)
+        pub = DENSE_PUBLISHED[name]["params_m"]
+        print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} {f'{pub}M':>11}  "
+              f"{arch.space_obj.describe(arch.layers)}")
     print("(darts presets: CIFAR-10 evaluation network C=36, 20 cells; parameters without the auxiliary head)")
     return 0
 
