@@ -26,7 +26,10 @@ CASES = [("proxyless", "proxyless"), ("darts", "darts"), ("spos", "proxyless"), 
          ("oneshot-g16", "proxyless"), ("smash", "proxyless")]
 #: smash's generated weights amplify round-off faster: within 1e-10 through 3 steps, 1.2e-9 at step 5 (the
 #: ghost-BN bug this test caught was off by 1e-3)
-TOLERANCE = {"smash": 100.0}
+#: oneshot-g16 normalizes one ghost batch across the ranks: its statistics are sums all-gathered and added in rank
+#: order, not one process's mean, so a near-zero running mean carries other round-off (1.04e-10 seen on the Intel
+#: Xeon VM, under 1e-10 on the AMD EPYC VM)
+TOLERANCE = {"smash": 100.0, "oneshot-g16": 10.0}
 OPTIONS = {"oneshot": {"ghost_size": 4, "path_dropout": 0.3}, "oneshot-g16": {"ghost_size": 16, "path_dropout": 0.3}}
 #: lr 0.002: the training map of this tiny supernet on random batches multiplies float64 round-off by ~10
 #: a step at lr 0.01 (1e-14 after one step, 1e-10 after five), so a smaller step keeps the comparison about
