@@ -53,9 +53,10 @@ def resolve_arch(spec: str) -> ArchSource:
                             f"`hwnas search --resume {path}`)")
         weights = next((path / w for w in ("trained.pt", "child.pt") if (path / w).exists()), None)
         return ArchSource(Arch.load(arch_file), str(path), path, weights)
-    if path.is_file() and path.suffix != ".json" and path.read_text(errors="replace").lstrip().startswith("[["):
+    text = path.read_text(errors="replace") if path.is_file() and path.suffix != ".json" else ""
+    if text.lstrip().startswith("[["):
         # a DenseNAS net_config file as the released code writes it (hwnas.spaces.dense_presets)
-        return ArchSource(Arch.from_dict(arch_from_net_config(path.read_text()), str(path)), str(path))
+        return ArchSource(Arch.from_dict(arch_from_net_config(text), str(path)), str(path))
     if path.suffix == ".json" or path.exists():
         return ArchSource(Arch.load(path), str(path))
     presets = {**PRESETS, **CELL_PRESETS, **DENSE_PRESETS}

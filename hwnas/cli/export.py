@@ -72,19 +72,14 @@ def _list_presets() -> int:
         print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} "
               f"{(f'{pub:,}' if isinstance(pub, int) else str(pub or '-')):>11}  {' '.join(arch.layers)}")
     from hwnas.spaces.cell_presets import CELL_PRESETS, CELL_PUBLISHED
-
-    for name, d in CELL_PRESETS.items():
-        arch = Arch.from_dict(d, name)
-        pub = CELL_PUBLISHED[name]["params_m"]
-        print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} {f'{pub}M':>11}  "
-              f"{arch.space_obj.describe(arch.layers)}")
     from hwnas.spaces.dense_presets import DENSE_PRESETS, DENSE_PUBLISHED
 
-    for name, d in DENSE_PRESETS.items():
-        arch = Arch.from_dict(d, name)
-        pub = DENSE_PUBLISHED[name]["params_m"]
-        print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} {f'{pub}M':>11}  "
-              f"{arch.space_obj.describe(arch.layers)}")
+    for presets, published in ((CELL_PRESETS, CELL_PUBLISHED), (DENSE_PRESETS, DENSE_PUBLISHED)):
+        for name, d in presets.items():
+            arch = Arch.from_dict(d, name)
+            pub = published[name]["params_m"]
+            print(f"{name:<18} {arch.space:<10} {count_params(build_child(arch)):>11,} {f'{pub}M':>11}  "
+                  f"{arch.space_obj.describe(arch.layers)}")
     print("(darts presets: CIFAR-10 evaluation network C=36, 20 cells; parameters without the auxiliary head)")
     return 0
 

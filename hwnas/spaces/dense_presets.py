@@ -18,10 +18,8 @@ Google Drive and as a figure (``imgs/archs.png``); the paper's and README's tabl
 from __future__ import annotations
 
 import ast
-import copy
 
 from hwnas.spaces.chain import ArchError
-from hwnas.spaces.dense import _stride
 
 #: DenseNAS-C as released (``configs/imagenet_train_cfg.py`` and ``output/log.txt`` of JaminFong/DenseNAS).
 DENSENAS_C_NET_CONFIG = """[[16, 16], 'mbconv_k3_t1', [], 0, 1]|
@@ -92,9 +90,9 @@ def arch_from_net_config(text: str, space=None, config: dict | None = None) -> d
         if j is None:
             raise ArchError(f"net_config {where}: no link from block {n} (width {nodes[n].width}) to a block of "
                             f"width {c_out}; it links to widths {[nodes[s].width for s in nodes[n].successors]}")
-        if stride != _stride(nodes, n, j, cfg):
-            raise ArchError(f"net_config {where}: stride {stride}, but the link {n}->{j} has stride "
-                            f"{_stride(nodes, n, j, cfg)}")
+        link_stride = space.part(cfg, n, j).stride
+        if stride != link_stride:
+            raise ArchError(f"net_config {where}: stride {stride}, but the link {n}->{j} has stride {link_stride}")
         if count != len(stacked) or len(stacked) > nodes[j].layers:
             raise ArchError(f"net_config {where}: {len(stacked)} stacked ops (n={count}); block {j} holds "
                             f"{nodes[j].layers}")
@@ -125,7 +123,3 @@ DENSE_PUBLISHED: dict[str, dict] = {
                   "top-1 75.28); README table (361M FLOPs, 17.9 ms TITAN-XP, top-1 75.3)",
     },
 }
-
-
-def get_dense_preset(name: str) -> dict:
-    return copy.deepcopy(DENSE_PRESETS[name])
