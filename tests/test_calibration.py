@@ -294,12 +294,13 @@ def test_validate_statistic_switch_refits_on_the_runs_own_column(tmp_path, monke
 
 def _two_statistic_table(tmp_path, space, cfg):
     """A proxyless table whose rows read ``ms`` at p10 and ``2 ms`` at p50 (``synthetic_table``'s rows)."""
+    from hwnas.device import device_slug
     from hwnas.latency.table import LatencyTable
 
     synth = synthetic_table(space, cfg)
     table = LatencyTable.empty({"space": "proxyless", "config": {"width_mult": 0.25}, "resolution": 32, "batch": 1,
                                 "dtype": "fp32", "backend": "torch", "threads": 1, "statistic": "p10",
-                                "device": {"slug": "cpu-test-1t", "name": "test"}})
+                                "device": {"slug": device_slug("cpu", 1), "name": "this machine"}})
     for sig, ms in synth.rows.items():
         table.add(sig, {"count": 10, "mean": 2 * ms, "std": 0.0, "p10": ms, "p50": 2 * ms, "p90": 3 * ms})
     return table.save(tmp_path / "t.csv"), LatencyModel(synth, space, cfg)

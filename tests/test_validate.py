@@ -157,6 +157,47 @@ def test_repeatability_is_the_twins_agreement(tmp_path, monkeypatch):
         validate(table, space, cfg, tmp_path / "w", samples=6, repeats=-1)
 
 
+def test_validate_refuses_a_table_profiled_on_another_machine(tmp_path, monkeypatch, capsys):
+    """Timing an Intel table's networks on an AMD host measured the AMD host (predictions 46% low) and would
+    have stored its calibration in the Intel table: refused before anything is built, the sidecar as it was.
+    A CUDA table on a machine without CUDA is refused the same way."""
+    import torch
+
+    import hwnas.latency.validation.run as v
+    from hwnas.cli import main
+    from hwnas.device import device_slug
+    from tests.test_cli import assert_one_line_error
+
+    space = get_space("proxyless")
+    cfg = space.resolve_config({"width_mult": 0.25, "resolution": 32})
+    synth = synthetic_table(space, cfg)
+    meta = {"space": "proxyless", "config": {"width_mult": 0.25}, "resolution": 32, "batch": 1, "dtype": "fp32",
+            "backend": "onnxruntime", "threads": 2, "statistic": "p10",
+            "device": {"type": "cpu", "slug": "cpu-some-other-cpu-2t", "name": "another CPU"}}
+    table = LatencyTable.empty(meta)
+    for sig, ms in synth.rows.items():
+        table.add(sig, {"count": 10, "mean": ms, "std": 0.0, "p10": ms, "p50": ms, "p90": ms})
+    path = table.save(tmp_path / "t.csv")
+    monkeypatch.setattr(v, "build_child", lambda arch: pytest.fail("built a network of another machine's table"))
+    with pytest.raises(ValueError, match=r"cannot validate here: the table was profiled on cpu-some-other-cpu-2t, "
+                                         rf"this is {device_slug('cpu', 2)} \(profile this machine's own table"):
+        validate(LatencyTable.load(path), space, cfg, tmp_path / "v", samples=6, repeats=0)
+    assert not (tmp_path / "v").exists()
+    before = path.with_suffix(".json").read_text()
+    code = main(["latency", "validate", "--table", str(path), "--samples", "6", "--out", str(tmp_path / "w")])
+    assert_one_line_error(code, capsys.readouterr().err, "cannot validate here", "cpu-some-other-cpu-2t")
+    assert path.with_suffix(".json").read_text() == before and not (tmp_path / "w").exists()
+    if not torch.cuda.is_available():
+        table.meta["device"] = {"type": "cuda", "slug": "nvidia-h100-80gb-hbm3"}
+        with pytest.raises(ValueError, match="profiled on nvidia-h100-80gb-hbm3 \\(CUDA\\) and this machine has no CUDA"):
+            validate(table, space, cfg, tmp_path / "v", samples=6, repeats=0)
+    # this machine's own slug passes the check (and reaches the measurement, stubbed here)
+    table.meta["device"] = {"type": "cpu", "slug": device_slug("cpu", 2)}
+    monkeypatch.setattr(v, "build_child", lambda arch: (_ for _ in ()).throw(RuntimeError("reached the build")))
+    with pytest.raises(RuntimeError, match="reached the build"):
+        validate(table, space, cfg, tmp_path / "v", samples=6, repeats=0)
+
+
 def test_chunk_factors_and_anchor_positions_known_answers():
     # anchor 0 at 10/11/10 ms and anchor 1 at 20/22/20 ms in three chunks: the second chunk ran 10% slow
     assert chunk_factors([[10, 20], [11, 22], [10, 20]]) == pytest.approx([1.0, 1.1, 1.0])

@@ -26,18 +26,26 @@ def drift_problem(table) -> str | None:
                 "--refit an earlier validation)")
     if cal.get("statistic", table.statistic) != table.statistic:
         return f"the references were measured at {cal['statistic']}, the table reads {table.statistic}"
+    return machine_problem(meta, "validated")
+
+
+def machine_problem(meta: dict, done: str = "profiled") -> str | None:
+    """Why this machine is not the one a table (its sidecar ``meta``) was ``done`` on: another device slug
+    (CPU model and thread count, or GPU name), or a CUDA table on a machine without CUDA. None when it is
+    the same. Timing a table's networks elsewhere measures another machine: its validation would store that
+    machine's calibration in the table, and drift would be the two machines' ratio."""
     from hwnas.device import device_slug
 
     dev = meta.get("device") or {}
     threads = int(meta.get("threads", 1))
     if dev.get("type") == "cuda":
         if not torch.cuda.is_available():
-            return f"the table was validated on {dev.get('slug')} (CUDA) and this machine has no CUDA device"
+            return f"the table was {done} on {dev.get('slug')} (CUDA) and this machine has no CUDA device"
         here = device_slug("cuda:0")
     else:
         here = device_slug("cpu", threads)
     if dev.get("slug") and dev["slug"] != here:
-        return f"the table was validated on {dev['slug']}, this is {here}"
+        return f"the table was {done} on {dev['slug']}, this is {here}"
     return None
 
 

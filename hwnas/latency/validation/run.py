@@ -84,9 +84,17 @@ def validate(table, space: ChainSpace, config: dict, out_dir: str | os.PathLike,
     ``choose_statistic`` (a sequence such as ``STATISTIC_CANDIDATES``): read table and networks at whichever of
     them the fit rows predict best (``pick_statistic``; the choice is in the report and the calibration)
     instead of the table's own statistic; ``table.meta["statistic"]`` is left at the chosen one.
+    Refuses (ValueError) a table profiled on another machine (``machine_problem``); ``refit`` does not
+    measure and takes any.
     ``progress(done, total)`` counts networks prepared and network-rounds timed. Returns the report;
     the caller decides whether to store the calibration in the table (``table.meta["calibration"]``)."""
+    from hwnas.latency.drift import machine_problem
+
     meta = table.meta
+    why = machine_problem(meta)
+    if why:  # its networks would measure this machine, and the calibration stored would describe it
+        raise ValueError(f"{getattr(table, 'path', 'the table')}: cannot validate here: {why} (profile this "
+                         "machine's own table with `hwnas profile`, then validate that)")
     backend, threads = meta["backend"], int(meta.get("threads", 1))
     mode, provider = table_runtime(meta)
     device = (meta.get("device") or {}).get("type") or ("cpu" if provider in (None, "cpu") else "cuda")
