@@ -51,7 +51,8 @@ class FactorizedStrategy(Strategy):
         """Configure the mixed ops for a weight step on a training batch."""
 
     def weight_step(self, batch, optimizer) -> dict:
-        """One path per step (``sample_weight_path``), cross-entropy, one optimizer step."""
+        """One path per step (``sample_weight_path``), cross-entropy, one optimizer step; with a method
+        option ``weight_grad_clip``, the weight gradients' norm clipped to it first."""
         x, y = batch
         self.weight_lr, self.last_train_batch = optimizer.param_groups[0]["lr"], (x, y)
         self.sample_weight_path()
@@ -59,6 +60,8 @@ class FactorizedStrategy(Strategy):
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.options.get("weight_grad_clip"):
+            torch.nn.utils.clip_grad_norm_(self.weight_parameters(), float(self.options["weight_grad_clip"]))
         optimizer.step()
         return {"loss": float(loss.detach()), "correct": int((logits.argmax(1) == y).sum()), "seen": len(y)}
 
