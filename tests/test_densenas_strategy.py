@@ -1,7 +1,8 @@
 """The DenseNAS strategy's optimizer settings (hwnas/strategies/densenas.py): the weight step clips the
 weight gradients' norm to ``weight_grad_clip`` (the dense forward's route sums grew the first step's gradient
 norm to 1172 on digits, and the search diverged without it), ``weight_grad_clip=0`` leaves them as they are,
-and the architecture optimizer is the released code's Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3)."""
+the architecture optimizer is the released code's Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3),
+and ``hwnas compare`` runs the method beside random search on the dense space."""
 import pytest
 import torch
 
@@ -36,3 +37,21 @@ def test_the_architecture_optimizer_is_the_released_adam():
     group = s.arch_opt.param_groups[0]
     assert isinstance(s.arch_opt, torch.optim.Adam)
     assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.5, 0.999), 1e-3)
+
+
+@pytest.mark.slow  # 54 s on the 2-core VM: a search, two trainings, two exports
+def test_compare_runs_densenas_beside_random_search(tmp_path):
+    """``hwnas compare --space densenas --methods densenas``: the searched network and a random one in the same
+    window, each trained, exported and measured; the derived network keeps the [0.9 T, T] promise."""
+    from hwnas.compare import CompareConfig, compare
+    from tests.test_compare import table
+
+    cfg = CompareConfig(methods=["densenas"], space="densenas", latency_target="50%", epochs=1, warmup_epochs=0,
+                        batch_size=128, train_epochs=1, random_archs=1, config=SMALL["densenas"])
+    rows = compare(cfg, tmp_path / "cmp", table)
+    assert [r["entry"] for r in rows] == ["densenas", "random-0"]
+    for r in rows:
+        assert 0.9 * r["target_ms"] - 1e-9 <= r["predicted_ms"] <= r["target_ms"] + 1e-9
+        assert r["measured_ms"] > 0 and 0 <= r["test_acc"] <= 1 and r["params"] > 0 and r["macs"] > 0
+    assert rows[0]["step_ms"] > 0 and rows[0]["step_mib"] > 0
+    assert "densenas" in (tmp_path / "cmp" / "report.md").read_text()
