@@ -2,7 +2,8 @@
 
 The exported ONNX model needs nothing from hwnas: it is the plain child network (hwnas.spaces.builder)
 exported by torch's ONNX exporter, checked by ``onnx.checker`` and compared with torch through ONNX
-Runtime on random inputs (fails above 1e-4 relative difference).
+Runtime on random inputs (``check_agreement``: within 1e-4 relative of torch, or, for a network whose own
+float32 round-off is larger than that, no further from torch's float64 output than twice torch's float32 is).
 """
 from __future__ import annotations
 
@@ -31,6 +32,36 @@ RTOL = 1e-4
 
 class ExportError(RuntimeError):
     """The exported model failed a check; the message says which and by how much."""
+
+
+def check_agreement(want, got, reference=None) -> tuple[float, float, str | None]:
+    """Whether ONNX Runtime's outputs ``got`` agree with torch's float32 outputs ``want`` (lists of arrays,
+    one per input); returns ``(max_abs, relative, note)`` or raises ``ExportError``.
+
+    Agreement is ``max|got - want| <= RTOL * max|want|``. A deep network can round off more than that in
+    float32 on its own: a DenseNAS child of 30 MBConv layers searched one epoch differs from its float64 self by
+    1.3e-3 relative in torch, and ORT, accumulating in another order, differed from torch by 1.7e-3. So where
+    the first test fails, ``reference`` (a callable giving torch's float64 outputs, computed only then) decides:
+    ORT agrees if it is no further from float64 than ``max(RTOL, 2 x torch's own float32 error)``; the note says
+    so. A wrong export (an op, a padding, a weight) is off by far more than round-off and is still refused."""
+    max_abs = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+    scale = max(max(float(np.abs(w).max()) for w in want), 1e-12)
+    rel = max_abs / scale
+    if rel <= RTOL:
+        return max_abs, rel, None
+    msg = f"ONNX Runtime and torch disagree: max abs diff {max_abs:.3g} ({rel:.3g} relative > {RTOL:g})"
+    if reference is None:
+        raise ExportError(msg)
+    exact = reference()
+    scale64 = max(max(float(np.abs(e).max()) for e in exact), 1e-12)
+    torch_err = max(float(np.abs(w - e).max()) for w, e in zip(want, exact, strict=True)) / scale64
+    ort_err = max(float(np.abs(g - e).max()) for g, e in zip(got, exact, strict=True)) / scale64
+    bound = max(RTOL, 2.0 * torch_err)
+    if ort_err > bound:
+        raise ExportError(f"{msg}, and ORT is {ort_err:.3g} from torch's float64 output where torch's float32 "
+                          f"is {torch_err:.3g} (allowed {bound:.3g})")
+    return max_abs, rel, (f"ORT vs torch {rel:.2e} relative is float32 round-off: against torch in float64 ORT is "
+                          f"{ort_err:.2e} off and torch's own float32 {torch_err:.2e}")
 
 
 @dataclass
@@ -142,21 +173,28 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
         raise ExportError(f"onnx.checker rejected the exported model: {str(e).splitlines()[0]}") from None
     session = ort_session(data, device="cpu", threads=threads)
     name = session.get_inputs()[0].name
-    max_abs, ref_scale = 0.0, 0.0
     with torch.no_grad():
-        for x in inputs:
-            want = model(x).numpy()
-            got = session.run(None, {name: x.numpy()})[0]
-            max_abs = max(max_abs, float(np.abs(got - want).max()))
-            ref_scale = max(ref_scale, float(np.abs(want).max()))
-    rel = max_abs / max(ref_scale, 1e-12)
-    if rel > RTOL:
+        want = [model(x).numpy() for x in inputs]
+    got = [session.run(None, {name: x.numpy()})[0] for x in inputs]
+
+    def in_float64():
+        import copy
+
+        exact = copy.deepcopy(model).double()
+        with torch.no_grad():
+            return [exact(x.double()).numpy() for x in inputs]
+
+    try:
+        max_abs, rel, note = check_agreement(want, got, in_float64)
+    except ExportError:
         tmp.unlink()
-        raise ExportError(f"ONNX Runtime and torch disagree: max abs diff {max_abs:.3g} "
-                          f"({rel:.3g} relative > {RTOL:g})")
+        raise
     os.replace(tmp, onnx_path)
     report = ExportReport(str(onnx_path), count_params(model), shape, max_abs, rel,
                           str(src.weights) if src.weights else None)
+    if note:
+        report.notes.append(note)
+        log.info("export: %s", note)
     if measure:
         arrays = [x.numpy() for x in inputs]
         # in rounds of >= 1 s, like the table's rows: a slow spell of the machine cannot take the whole figure
