@@ -31,6 +31,11 @@ def test_defaults_follow_the_space():
     assert train_settings(_cell_arch(), grad_clip=0)["grad_clip"] is None  # 0 turns it off
     assert train_settings(_chain_arch(), lr=0.1, grad_clip=2)["lr"] == 0.1
     assert train_settings(_chain_arch(), lr=0.1, grad_clip=2)["grad_clip"] == 2.0
+    from hwnas.spaces.dense_presets import DENSE_PRESETS
+
+    dense = Arch.from_dict(DENSE_PRESETS["densenas_c"])  # a DenseNAS child: the chain recipe clipped at 5 (dense.py says why)
+    assert train_settings(dense) == {**get_space("proxyless").train_defaults, "grad_clip": 5.0}
+    assert train_settings(dense, grad_clip=0)["grad_clip"] is None
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                    help="initial learning rate, cosine-annealed (default: 0.05 on chain spaces, 0.025 on darts)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: 4e-5 chain spaces, 3e-4 darts")
     p.add_argument("--grad-clip", type=float, default=None,
-                   help="clip the gradient norm at this value; 0 turns it off (default: off on chain spaces, 5 on darts)")
+                   help="clip the gradient norm at this value; 0 turns it off (default: off on chain spaces, 5 on darts and densenas)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
