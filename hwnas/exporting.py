@@ -7,6 +7,7 @@ float32 round-off is larger than that, no further from torch's float64 output th
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -44,24 +45,29 @@ def check_agreement(want, got, reference=None) -> tuple[float, float, str | None
     the first test fails, ``reference`` (a callable giving torch's float64 outputs, computed only then) decides:
     ORT agrees if it is no further from float64 than ``max(RTOL, 2 x torch's own float32 error)``; the note says
     so. A wrong export (an op, a padding, a weight) is off by far more than round-off and is still refused."""
-    max_abs = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
-    scale = max(max(float(np.abs(w).max()) for w in want), 1e-12)
-    rel = max_abs / scale
+    max_abs = _max_abs_diff(got, want)
+    rel = max_abs / _scale(want)
     if rel <= RTOL:
         return max_abs, rel, None
     msg = f"ONNX Runtime and torch disagree: max abs diff {max_abs:.3g} ({rel:.3g} relative > {RTOL:g})"
     if reference is None:
         raise ExportError(msg)
     exact = reference()
-    scale64 = max(max(float(np.abs(e).max()) for e in exact), 1e-12)
-    torch_err = max(float(np.abs(w - e).max()) for w, e in zip(want, exact, strict=True)) / scale64
-    ort_err = max(float(np.abs(g - e).max()) for g, e in zip(got, exact, strict=True)) / scale64
+    torch_err, ort_err = _max_abs_diff(want, exact) / _scale(exact), _max_abs_diff(got, exact) / _scale(exact)
     bound = max(RTOL, 2.0 * torch_err)
     if ort_err > bound:
         raise ExportError(f"{msg}, and ORT is {ort_err:.3g} from torch's float64 output where torch's float32 "
                           f"is {torch_err:.3g} (allowed {bound:.3g})")
     return max_abs, rel, (f"ORT vs torch {rel:.2e} relative is float32 round-off: against torch in float64 ORT is "
                           f"{ort_err:.2e} off and torch's own float32 {torch_err:.2e}")
+
+
+def _max_abs_diff(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+
+
+def _scale(outputs) -> float:
+    return max(max(float(np.abs(o).max()) for o in outputs), 1e-12)
 
 
 @dataclass
@@ -178,8 +184,6 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
     got = [session.run(None, {name: x.numpy()})[0] for x in inputs]
 
     def in_float64():
-        import copy
-
         exact = copy.deepcopy(model).double()
         with torch.no_grad():
             return [exact(x.double()).numpy() for x in inputs]
@@ -192,9 +196,8 @@ def export(src: ArchSource, onnx_path: str | os.PathLike, *, batch: int = 1, thr
     os.replace(tmp, onnx_path)
     report = ExportReport(str(onnx_path), count_params(model), shape, max_abs, rel,
                           str(src.weights) if src.weights else None)
-    if note:
+    if note:  # the CLI prints the report's notes
         report.notes.append(note)
-        log.info("export: %s", note)
     if measure:
         arrays = [x.numpy() for x in inputs]
         # in rounds of >= 1 s, like the table's rows: a slow spell of the machine cannot take the whole figure

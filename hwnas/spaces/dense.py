@@ -92,8 +92,8 @@ class DenseSpace(Space):
     has_notation = False
     # the chain recipe with the gradient norm clipped to 5: a derived child is ~30 MBConv layers deep, and on
     # digits at 32x32 the unclipped recipe's loss went 3.12 / 4.36 / 2.39 in 3 epochs (val 0.156), clipped
-    # 2.31 / 2.20 / 2.00 (val 0.270; docs/measurements.md, 'DenseNAS child training')
-    train_defaults = {"lr": 0.05, "weight_decay": 4e-5, "grad_clip": 5.0, "nesterov": True}
+    # 2.31 / 2.20 / 2.00 (val 0.270; docs/measurements.md, 'DenseNAS on digits')
+    train_defaults = {**Space.train_defaults, "grad_clip": 5.0}
 
     def __init__(self, name: str, candidates: tuple[str, ...], defaults: dict, paper: str):
         self.name, self.candidates, self.defaults, self.paper = name, tuple(candidates), defaults, paper
