@@ -67,11 +67,13 @@ class MBConv(nn.Module):
     ``pw_at_e1``, FBNet's convention) -> ``kernel x kernel`` depthwise conv-bn-act with ``stride`` ->
     1x1 linear projection conv-bn. ``groups > 1`` makes both 1x1 convs grouped with a channel shuffle
     after the expansion (FBNet's ``_g2`` candidates). A residual is added when ``stride == 1`` and
-    ``cin == cout``.
+    ``cin == cout``; ``zero_init`` then starts the projection's BatchNorm scale at 0, so that the block
+    is the identity at initialization (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1; He et
+    al. 2019, "Bag of Tricks", Sec. 3.1: zero gamma).
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, expand: int, stride: int = 1,
-                 groups: int = 1, act: str = "relu6", pw_at_e1: bool = False):
+                 groups: int = 1, act: str = "relu6", pw_at_e1: bool = False, zero_init: bool = False):
         super().__init__()
         mid = cin * expand
         self.use_residual = stride == 1 and cin == cout
@@ -83,6 +85,8 @@ class MBConv(nn.Module):
         layers.append(ConvBNAct(mid, mid, kernel, stride, groups=mid, act=act))
         layers.append(ConvBNAct(mid, cout, 1, groups=groups, act=None))
         self.body = nn.Sequential(*layers)
+        if zero_init and self.use_residual:
+            nn.init.zeros_(self.body[-1][1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)

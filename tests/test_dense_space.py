@@ -279,3 +279,26 @@ def test_the_covering_puts_every_token_on_some_path():
     # the source and a one-width stage are on every path: no '-' there
     assert OFF not in decisions[SPACE.structure(cfg).route[0]].choices and OFF in decisions[-1].choices
     assert len(archs) < 4 * len(want)  # walks cover several tokens each
+
+
+def test_residual_blocks_start_as_the_identity_in_the_child_and_the_supernet_only_on_this_space():
+    from hwnas.blocks import MBConv
+    from hwnas.mixed.binary_gate import BinaryGatedOp
+    from hwnas.spaces.definitions import PROXYLESS
+
+    cfg = SPACE.resolve_config(None)
+    rng = random.Random(3)
+    child = SPACE.build_child(SPACE.sample(rng, cfg), cfg, resolution=32)
+    supernet = SPACE.build_supernet(cfg, BinaryGatedOp, resolution=32)
+    for net in (child, supernet):
+        blocks = [m for m in net.modules() if isinstance(m, MBConv)]
+        residual = [m for m in blocks if m.use_residual]
+        assert residual and len(residual) < len(blocks)
+        for m in blocks:
+            gamma = m.body[-1][1].weight
+            assert torch.equal(gamma, torch.zeros_like(gamma) if m.use_residual else torch.ones_like(gamma))
+    x = torch.randn(2, residual[0].body[0][0].in_channels, 8, 8)
+    assert torch.equal(residual[0].train()(x), x)  # x + BN(...) with gamma 0 and beta 0
+    chain = [m for m in PROXYLESS.build_child(PROXYLESS.sample(rng), PROXYLESS.defaults).modules()
+             if isinstance(m, MBConv) and m.use_residual]
+    assert chain and all(bool((m.body[-1][1].weight == 1).all()) for m in chain)  # the chain spaces keep theirs

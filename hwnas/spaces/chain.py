@@ -96,7 +96,8 @@ class ChainSpace(Space):
 
     ``skip_where``: "inner" (every layer that is not the first of its stage: the block is dropped
     and its residual remains, ProxylessNAS's zero op), "everywhere" (also on a stage's first layer,
-    where it is a 1x1 conv-bn-act projection, as FBNet's), or "nowhere".
+    where it is a 1x1 conv-bn-act projection, as FBNet's), or "nowhere". ``zero_init_residual``: every
+    residual MBConv starts as the identity (``MBConv``'s ``zero_init``).
     """
 
     name: str
@@ -105,6 +106,7 @@ class ChainSpace(Space):
     defaults: dict
     paper: str
     notes: str = ""
+    zero_init_residual: bool = False
 
     capabilities = frozenset({"layers"})
     chained_blocks = True
@@ -254,7 +256,7 @@ class ChainSpace(Space):
                 return nn.Identity()
             return ConvBNAct(part.cin, part.cout, 1, part.stride, act=act)
         return MBConv(part.cin, part.cout, op.kernel, op.expand, part.stride, op.groups, act=act,
-                      pw_at_e1=bool(cfg.get("pw_at_e1", False)))
+                      pw_at_e1=bool(cfg.get("pw_at_e1", False)), zero_init=self.zero_init_residual)
 
     def signature(self, part: Part, token: str | None = None, config: dict | None = None) -> str | None:
         """The latency-table key of ``part`` with ``token`` at the deploy shape, e.g.
