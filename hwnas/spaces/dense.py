@@ -43,46 +43,18 @@ from __future__ import annotations
 import copy
 import json
 import random
-from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 
 from hwnas.spaces.base import Decision, LatencyTerms, Space
-from hwnas.spaces import dense_sampling
+from hwnas.spaces import dense_derivation, dense_sampling
 from hwnas.spaces.chain import ArchError, ChainSpace, Part
-from hwnas.spaces.dense_sampling import OFF, real_indices
-from hwnas.spaces.tokens import SKIP, parse_token
+from hwnas.spaces.dense_graph import OFF, Node, Structure, check_config, nodes_of
+from hwnas.spaces.tokens import SKIP
 
 SINK_OP = "1x1"
 CONFIG_KEYS = ("stem", "first", "stages", "reach", "head", "resolution", "num_classes", "act", "dropout")
-
-
-@dataclass(frozen=True)
-class Node:
-    """A node of the dense super network: 0 the source, the routing blocks, then the sink (the 1x1 head
-    conv). ``res`` is its output resolution at the deploy input; ``stage`` its stage (the source's is 0, the
-    sink's one past the last); ``layers`` its stacked layers."""
-
-    index: int
-    width: int
-    res: int
-    successors: tuple[int, ...]
-    stage: int = 0
-    layers: int = 0
-
-
-@dataclass(frozen=True)
-class Structure:
-    """Where every node's decisions sit in ``Arch.layers``: ``route[n]`` (None for the last block),
-    ``stack[n]`` (the stacked layers' decision indices; empty for the source) and, per route decision,
-    the successor node of each choice (None for ``-``)."""
-
-    nodes: tuple[Node, ...]
-    route: tuple[int | None, ...]
-    stack: tuple[tuple[int, ...], ...]
-    successor: dict  # decision index -> tuple(successor node or None per choice)
 
 
 class DenseSpace(Space):
@@ -131,7 +103,7 @@ class DenseSpace(Space):
             raise ArchError(f"space {self.name!r}: unknown config key(s) {unknown}; allowed: {list(CONFIG_KEYS)}")
         out = copy.deepcopy(self.defaults)
         out.update(copy.deepcopy(config))
-        _check_config(self.name, out)
+        check_config(self.name, out)
         return out
 
     def structure(self, config: dict | None = None) -> Structure:
@@ -315,124 +287,15 @@ class DenseSpace(Space):
             cost[n] = c
         return cost[0] + fixed_ms
 
+    # -- derivation (``hwnas.spaces.dense_derivation``) ------------------------------------------------
     def extremes(self, choices, layer_ms):
-        """The fastest and the slowest network: the shortest and the longest path of the DAG in table ms."""
-        lo = self._best(choices, [-np.asarray(x, float) for x in layer_ms])
-        hi = self._best(choices, [np.asarray(x, float) for x in layer_ms])
-        return lo, hi
+        return dense_derivation.extremes(choices, layer_ms)
 
-    # -- derivation -------------------------------------------------------------------------------
     def derive(self, choices, log_probs, edge_log_weights=None) -> list[str]:
-        """Sec. 3.4: the Viterbi path of the route (connection) weights alone, then every layer's argmax.
-        A route token's log-probability is ``log beta_j + log alpha_o``; the path maximizes the sum over its
-        routes of ``max_o`` of it (the head op is chosen with the route)."""
-        return self._best(choices, [np.asarray(x, float) for x in log_probs], stacks=False)
-
-    def _best(self, choices, score, stacks: bool = True) -> list[str]:
-        """The path and tokens maximizing the summed ``score`` (a route's and, with ``stacks``, the stacked
-        layers' scores), by dynamic programming backward over the DAG."""
-        st = layout(choices)
-        value, pick = [0.0] * len(st.nodes), [None] * len(st.nodes)
-        for n in range(len(st.nodes) - 1, -1, -1):
-            own = sum(float(score[i][real_indices(choices[i])].max()) for i in st.stack[n]) if stacks else 0.0
-            r = st.route[n]
-            if r is None:
-                value[n] = own
-                continue
-            best, arg = -np.inf, None
-            for k, j in enumerate(st.successor[r]):
-                if j is not None and score[r][k] + value[j] > best:
-                    best, arg = score[r][k] + value[j], k
-            value[n], pick[n] = own + best, arg
-        return self._tokens(choices, score, st, pick)
-
-    def _tokens(self, choices, score, st: Structure, pick: list) -> list[str]:
-        out = [OFF] * len(choices)
-        n = 0
-        while True:
-            for i in st.stack[n]:
-                real = real_indices(choices[i])
-                out[i] = choices[i][real[int(np.argmax(np.asarray(score[i])[real]))]]
-            r = st.route[n]
-            if r is None:
-                return out
-            out[r] = choices[r][pick[n]]
-            n = st.successor[r][pick[n]]
+        return dense_derivation.derive(choices, log_probs, edge_log_weights)
 
     def derive_within(self, choices, log_probs, layer_ms, fixed_ms, lower_ms, upper_ms, bins: int = 20000) -> list[str]:
-        """The most probable (path, ops) with table sum in ``[lower_ms, upper_ms]``: the unconstrained
-        derivation if it lies there, else dynamic programming over the DAG on a latency grid of
-        ``upper / bins`` (latencies rounded up, so the result never exceeds ``upper``); if nothing reaches
-        ``lower_ms`` under ``upper_ms``, the most probable under ``upper_ms``."""
-        from hwnas.objective import LatencyTargetError
-
-        st = layout(choices)
-        lat = [np.asarray(x, float) for x in layer_ms]
-        lp = [np.asarray(x, float) for x in log_probs]
-        plain = self.derive(choices, lp)
-        total = fixed_ms + sum(float(lat[i][choices[i].index(t)]) for i, t in enumerate(plain))
-        if lower_ms <= total <= upper_ms:
-            return plain
-        budget = upper_ms - fixed_ms
-        if budget <= 0:
-            raise LatencyTargetError(f"no architecture fits under {upper_ms:.3f} ms")
-        width = budget / bins
-        cost = lambda ms: int(np.ceil(ms / width - 1e-9))  # noqa: E731
-
-        def add(score, c, s):
-            """``score`` shifted by ``c`` bins plus ``s``: a candidate for the max."""
-            out = np.full(bins + 1, -np.inf)
-            if c <= bins:
-                out[c:] = score[: bins + 1 - c] + s
-            return out
-
-        # value[n]: best log-prob of block n's stacked layers and everything after, per latency bin;
-        # back[n]: per stacked layer and for the route the argmax choice per bin (to trace the tokens back)
-        value, back = [None] * len(st.nodes), [None] * len(st.nodes)
-        for n in range(len(st.nodes) - 1, -1, -1):
-            r = st.route[n]
-            if r is None:
-                score = np.full(bins + 1, -np.inf)
-                score[0] = 0.0
-                route_back = None
-            else:
-                score, route_back = np.full(bins + 1, -np.inf), np.full(bins + 1, -1, dtype=np.int32)
-                for k, j in enumerate(st.successor[r]):
-                    if j is None:
-                        continue
-                    cand = add(value[j], cost(lat[r][k]), lp[r][k])
-                    better = cand > score
-                    score[better], route_back[better] = cand[better], k
-            layer_back = []
-            for i in reversed(st.stack[n]):
-                new, b = np.full(bins + 1, -np.inf), np.full(bins + 1, -1, dtype=np.int32)
-                for k in real_indices(choices[i]):
-                    cand = add(score, cost(lat[i][k]), lp[i][k])
-                    better = cand > new
-                    new[better], b[better] = cand[better], k
-                score = new
-                layer_back.append((i, b))
-            value[n], back[n] = score, (layer_back[::-1], route_back)
-        slack = sum(len(s) for s in st.stack) + len(st.nodes)  # each rounding-up adds less than one bin
-        lo_bin = int(np.ceil((lower_ms - fixed_ms) / width)) + slack
-        window = value[0].copy()
-        window[: max(0, min(lo_bin, bins + 1))] = -np.inf
-        end = int(np.argmax(window)) if np.isfinite(window).any() else int(np.argmax(value[0]))
-        if not np.isfinite(value[0][end]):
-            raise LatencyTargetError(f"no architecture fits under {upper_ms:.3f} ms")
-        out, n = [OFF] * len(choices), 0
-        while True:
-            layer_back, route_back = back[n]
-            for i, b in layer_back:
-                k = int(b[end])
-                out[i] = choices[i][k]
-                end -= cost(lat[i][k])
-            if route_back is None:
-                return out
-            k = int(route_back[end])
-            out[st.route[n]] = choices[st.route[n]][k]
-            end -= cost(lat[st.route[n]][k])
-            n = st.successor[st.route[n]][k]
+        return dense_derivation.derive_within(choices, log_probs, layer_ms, fixed_ms, lower_ms, upper_ms, bins)
 
     # -- sampling, mutation (``hwnas.spaces.dense_sampling``) ------------------------------------------
     def sample(self, rng: random.Random, config: dict | None = None) -> list[str]:
@@ -451,34 +314,13 @@ class DenseSpace(Space):
         return dense_sampling.crossover(self, a, b, rng, config)
 
 
-def layout(choices) -> Structure:
-    """The structure (routes, stacks, successors) read from the decisions' choices alone: a route's tokens
-    name their successor (``to<j>:<op>``), and node ``n``'s stacked layers follow route ``n - 1``. Its nodes
-    carry the successors only (width and resolution 0)."""
-    route, stack, successor, n, current = [], [()], {}, 0, []
-    for i, ch in enumerate(choices):
-        if any(t.startswith("to") for t in ch):
-            stack[n] = tuple(current)
-            route.append(i)
-            successor[i] = tuple(int(t.split(":", 1)[0][2:]) if t != OFF else None for t in ch)
-            n, current = n + 1, []
-            stack.append(())
-        else:
-            current.append(i)
-    stack[n] = tuple(current)
-    route.append(None)
-    nodes = tuple(Node(k, 0, 0, tuple(dict.fromkeys(j for j in successor[r] if j is not None)) if r is not None
-                       else ()) for k, r in enumerate(route))
-    return Structure(nodes, tuple(route), tuple(stack), successor)
-
-
 def _key(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
 @lru_cache(maxsize=64)
 def _structure(key: str, candidates: tuple[str, ...]) -> Structure:
-    nodes = _nodes(json.loads(key))
+    nodes = nodes_of(json.loads(key))
     route, stack, successor, i = [None] * len(nodes), [()] * len(nodes), {}, 0
     for n, node in enumerate(nodes):
         stack[n] = tuple(range(i, i + node.layers))
@@ -514,68 +356,8 @@ def _decisions(key: str, candidates: tuple[str, ...]) -> tuple[Decision, ...]:
     return tuple(out)
 
 
-def _nodes(cfg: dict) -> list[Node]:
-    """The source, the blocks stage by stage and the sink, with their deploy resolutions and successors: the
-    next ``reach`` nodes up to the first more than one stage ahead (the released ``_create_output_list``)."""
-    r = (cfg["resolution"] - 1) // 2 + 1  # after the stride-2 stem (the first block keeps it)
-    spec = [(cfg["first"]["c"], r, 0, 0)]
-    for k, st in enumerate(cfg["stages"], start=1):
-        r = (r - 1) // st["s"] + 1
-        spec += [(c, r, k, st["n"]) for c in st["c"]]
-    spec.append((cfg["head"], r, len(cfg["stages"]) + 1, 0))
-    out = []
-    for n, (width, res, stage, layers) in enumerate(spec):
-        succ = []
-        for j in range(n + 1, min(len(spec), n + 1 + cfg["reach"])):
-            if spec[j][2] - stage > 1:
-                break
-            succ.append(j)
-        out.append(Node(n, width, res, tuple(succ), stage, layers))
-    return out
-
-
 def _stride(nodes, n: int, j: int, cfg: dict) -> int:
     """The stride of the link ``n -> j`` at the deploy resolution: the next stage's stride, or 1 in a stage."""
     if nodes[j].stage == nodes[n].stage or nodes[j].stage > len(cfg["stages"]):
         return 1
     return cfg["stages"][nodes[j].stage - 1]["s"]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_config(space: str, cfg: dict) -> None:
-    where = f"space {space!r} config"
-    for key in ("stem", "head", "resolution", "num_classes", "reach"):
-        if not _is_int(cfg[key]) or cfg[key] < 1:
-            raise ArchError(f"{where}: {key}={cfg[key]!r} must be a positive integer")
-    if cfg["act"] not in ("relu", "relu6", "hswish", "silu"):
-        raise ArchError(f"{where}: act={cfg['act']!r}; allowed: relu, relu6, hswish, silu")
-    if not isinstance(cfg["dropout"], (int, float)) or not 0 <= cfg["dropout"] < 1:
-        raise ArchError(f"{where}: dropout={cfg['dropout']!r} must be in [0, 1)")
-    first = cfg["first"]
-    if not isinstance(first, dict) or set(first) != {"token", "c"} or not _is_int(first["c"]) or first["c"] < 1:
-        raise ArchError(f"{where}: first={first!r} must be {{'token': 'k3e1', 'c': 16}}")
-    try:
-        if parse_token(first["token"]).is_skip:
-            raise ValueError("the fixed first block cannot be 'skip'")
-    except ValueError as e:
-        raise ArchError(f"{where}: first block: {e}") from None
-    stages = cfg["stages"]
-    if not isinstance(stages, list) or not stages:
-        raise ArchError(f"{where}: stages must be a non-empty list of {{'c': [widths], 's': 1|2, 'n': layers}}")
-    for i, st in enumerate(stages, start=1):
-        if (not isinstance(st, dict) or set(st) != {"c", "s", "n"} or not isinstance(st["c"], list) or not st["c"]
-                or not all(_is_int(c) and c >= 1 for c in st["c"]) or st["s"] not in (1, 2)
-                or not _is_int(st["n"]) or st["n"] < 0):
-            raise ArchError(f"{where}: stage {i} = {st!r} must be {{'c': [widths >= 1], 's': 1|2, 'n': >=0}}")
-    nodes = _nodes(cfg)
-    for node in nodes[:-1]:
-        if not node.successors:
-            raise ArchError(f"{where}: block {node.index} reaches no later node (reach {cfg['reach']}, "
-                            f"links cross at most one stage)")
-    reached = {j for node in nodes for j in node.successors}
-    lost = [n for n in range(1, len(nodes)) if n not in reached]
-    if lost:
-        raise ArchError(f"{where}: block {lost[0]} cannot be reached from any earlier block")

@@ -11,10 +11,11 @@ import numpy as np
 
 from hwnas.spaces.base import _rank_weights
 
-if TYPE_CHECKING:
-    from hwnas.spaces.dense import DenseSpace, Structure
+from hwnas.spaces.dense_graph import OFF, real_indices
 
-OFF = "-"
+if TYPE_CHECKING:
+    from hwnas.spaces.dense import DenseSpace
+    from hwnas.spaces.dense_graph import Structure
 
 
 def sample(space: DenseSpace, rng: random.Random, config: dict | None = None) -> list[str]:
@@ -162,10 +163,6 @@ def crossover(space: DenseSpace, a: list[str], b: list[str], rng: random.Random,
 def _route_to(choices, j: int, rng: random.Random) -> str:
     """A route token into node ``j``, its head op drawn uniformly."""
     return rng.choice([t for t in choices if t.startswith(f"to{j}:")])
-
-
-def real_indices(choices) -> list[int]:
-    return [k for k, t in enumerate(choices) if t != OFF]
 
 
 def _real_tokens(choices) -> list[str]:
